@@ -1,0 +1,186 @@
+//! The validated configuration the rest of Myelin is built from.
+//!
+//! Everything here has been checked for form (addresses parse, durations have units, no key is
+//! unknown). Matrix-specific rules (server-name grammar, well-known documents) and certificate
+//! files are checked by the crates that own them; values they check keep their [`Located`] place
+//! so the binary can report problems at the right line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::error::Located;
+
+/// Default request body limit: Synapse's own `max_upload_size` default.
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 50 << 20;
+/// Default time to wait for the upstream's response head. `/sync` long-polls and joins take long.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `Cache-Control: max-age` on well-known documents (Synapse's default cache period).
+pub const DEFAULT_WELL_KNOWN_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// A whole configuration file, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub file: PathBuf,
+    pub listeners: Vec<Listener>,
+    pub certificates: Vec<Certificate>,
+    pub homeservers: Vec<Homeserver>,
+    pub limits: Limits,
+    pub log: Log,
+}
+
+/// `[[listener]]`: one socket.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    pub bind: Located<SocketAddr>,
+    /// `false`: plain HTTP, which only answers ACME HTTP-01 and redirects to HTTPS.
+    pub tls: bool,
+    /// For plain listeners: the port redirects point to.
+    pub https_port: u16,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// `[[certificate]]`: a certificate served for the names in its SANs.
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    pub source: CertificateSource,
+    /// Where the `[[certificate]]` block starts, for errors found while loading it.
+    pub at: Located<()>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertificateSource {
+    /// PEM chain and PEM key (PKCS#8, SEC1 or PKCS#1).
+    Files {
+        cert: Located<PathBuf>,
+        key: Located<PathBuf>,
+    },
+    /// Generated at start, self-signed, for these DNS names and IP addresses.
+    SelfSigned { names: Vec<String> },
+}
+
+/// `[[homeserver]]`: one Matrix server name and where its homeserver listens.
+#[derive(Clone, Debug)]
+pub struct Homeserver {
+    /// As written; grammar checked by the well-known crate.
+    pub server_name: Located<String>,
+    /// Other host names that reach this homeserver, as written.
+    pub hosts: Vec<Located<String>>,
+    pub upstream: Located<UpstreamTarget>,
+    pub max_body_size: u64,
+    pub upstream_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Who may reach `/_synapse/admin/`; empty: nobody.
+    pub admin_allow: Vec<IpNet>,
+    /// Path prefixes forwarded upstream besides `/_matrix/` and `/_synapse/client/`.
+    pub forward_prefixes: Vec<String>,
+    pub well_known: WellKnown,
+}
+
+/// Where a homeserver (or a worker) listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    /// `http://host:port`
+    Http { host: String, port: u16 },
+    /// `unix:/path/to/socket`
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for UpstreamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamTarget::Http { host, port } if host.contains(':') => {
+                write!(f, "http://[{host}]:{port}")
+            }
+            UpstreamTarget::Http { host, port } => write!(f, "http://{host}:{port}"),
+            UpstreamTarget::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `[homeserver.well_known]`, as written; the well-known crate validates it.
+#[derive(Clone, Debug, Default)]
+pub struct WellKnown {
+    pub server: Option<Located<String>>,
+    pub client_base_url: Option<Located<String>>,
+    pub identity_server: Option<Located<String>>,
+    pub cache_max_age: Option<Located<Duration>>,
+    pub client_extra: Option<Located<serde_json::Map<String, serde_json::Value>>>,
+    pub support: Option<Located<Support>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Support {
+    pub support_page: Option<Located<String>>,
+    pub contacts: Vec<Located<Contact>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Contact {
+    pub role: Located<String>,
+    pub matrix_id: Option<Located<String>>,
+    pub email_address: Option<Located<String>>,
+}
+
+/// `[limits]`: what one client may cost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub tls_handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// A request body that sends nothing for this long is abandoned.
+    pub body_read_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    /// Across all listeners; beyond it new connections are closed at once.
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            body_read_timeout: Duration::from_secs(60),
+            max_header_size: 64 << 10,
+            max_headers: 128,
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 128,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `myelin=debug,info`; `RUST_LOG` overrides it.
+    pub level: String,
+    pub access_log: bool,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            level: "info".into(),
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

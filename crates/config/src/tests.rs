@@ -1,0 +1,308 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+fn parse_ok(text: &str) -> Config {
+    match parse(text, Path::new("test.toml")) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+fn parse_err(text: &str) -> Vec<ConfigError> {
+    match parse(text, Path::new("test.toml")) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.0,
+    }
+}
+
+const MINIMAL: &str = r#"
+[[listener]]
+bind = "127.0.0.1:8443"
+
+[[certificate]]
+self_signed = ["localhost"]
+
+[[homeserver]]
+server_name = "example.com"
+upstream = "http://127.0.0.1:8008"
+"#;
+
+#[test]
+fn example_config_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.example.toml");
+    let c = load(&path).unwrap_or_else(|e| panic!("config.example.toml:\n{e}"));
+    assert_eq!(c.listeners.len(), 4);
+    assert!(!c.listeners[3].tls);
+    assert_eq!(c.homeservers[0].server_name.value, "example.com");
+    assert_eq!(c.homeservers[0].max_body_size, 50 << 20);
+    assert_eq!(c.homeservers[0].admin_allow.len(), 2);
+    let wk = &c.homeservers[0].well_known;
+    assert_eq!(
+        wk.server.as_ref().map(|s| s.value.as_str()),
+        Some("matrix.example.com:443")
+    );
+    assert!(
+        wk.client_extra
+            .as_ref()
+            .is_some_and(|m| m.value.contains_key("org.matrix.msc4143.rtc_foci"))
+    );
+    assert_eq!(wk.support.as_ref().map(|s| s.value.contacts.len()), Some(1));
+}
+
+#[test]
+fn defaults() {
+    let c = parse_ok(MINIMAL);
+    let h = &c.homeservers[0];
+    assert_eq!(h.max_body_size, 50 << 20);
+    assert_eq!(h.upstream_timeout, Duration::from_secs(300));
+    assert!(h.admin_allow.is_empty());
+    assert!(c.listeners[0].tls);
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(
+        h.upstream.value,
+        UpstreamTarget::Http {
+            host: "127.0.0.1".into(),
+            port: 8008
+        }
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_with_line_and_column() {
+    let errs = parse_err(&format!("{MINIMAL}\nmax_bdy_size = \"1M\"\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key, "homeserver[0].max_bdy_size");
+    assert_eq!(
+        errs[0].at,
+        Some(Location {
+            line: 12,
+            column: 1
+        })
+    );
+    assert!(
+        errs[0].message.contains("unknown key \"max_bdy_size\""),
+        "{}",
+        errs[0].message
+    );
+    assert!(
+        errs[0].message.contains("max_body_size"),
+        "lists what is expected: {}",
+        errs[0].message
+    );
+}
+
+#[test]
+fn every_error_is_reported() {
+    let text = r#"
+[[listener]]
+bind = "localhost:443"
+tsl = true
+
+[[homeserver]]
+server_name = "example.com"
+upstream = "ftp://x"
+max_body_size = "lots"
+upstream_timeout = "300"
+colour = "blue"
+
+[bogus]
+"#;
+    let errs = parse_err(text);
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    for want in [
+        "listener[0].tsl",
+        "homeserver[0].max_body_size",
+        "homeserver[0].upstream_timeout",
+        "homeserver[0].colour",
+        "homeserver[0].upstream",
+        "bogus",
+    ] {
+        assert!(keys.contains(&want), "missing error for {want}: {errs:#?}");
+    }
+    // sorted by position, each with a line
+    let lines: Vec<usize> = errs.iter().filter_map(|e| e.at.map(|a| a.line)).collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted);
+    let timeout = errs
+        .iter()
+        .find(|e| e.key == "homeserver[0].upstream_timeout")
+        .unwrap();
+    assert_eq!(
+        timeout.at,
+        Some(Location {
+            line: 10,
+            column: 20
+        })
+    );
+    assert!(
+        timeout.message.contains("add a unit"),
+        "{}",
+        timeout.message
+    );
+}
+
+#[test]
+fn a_removed_bad_required_key_is_not_also_missing() {
+    let errs = parse_err(
+        r#"
+[[listener]]
+bind = 443
+"#,
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].key, "listener[0].bind");
+    assert!(errs[0].message.contains("string"), "{}", errs[0].message);
+}
+
+#[test]
+fn missing_required_keys_are_named() {
+    let errs = parse_err(
+        r#"
+[[listener]]
+bind = "127.0.0.1:1"
+[[homeserver]]
+server_name = "a.example"
+"#,
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("missing required key \"upstream\"")),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn syntax_errors_have_positions() {
+    let errs = parse_err("[[listener]\nbind = \"x\"\n");
+    assert!(errs[0].message.starts_with("TOML syntax"), "{errs:#?}");
+    assert_eq!(errs[0].at.map(|a| a.line), Some(1));
+}
+
+#[test]
+fn duplicate_listeners_and_hosts() {
+    let errs = parse_err(
+        r#"
+[[listener]]
+bind = "127.0.0.1:8443"
+[[listener]]
+bind = "127.0.0.1:8443"
+[[homeserver]]
+server_name = "a.example"
+upstream = "http://127.0.0.1:1"
+[[homeserver]]
+server_name = "b.example"
+hosts = ["A.example."]
+upstream = "http://127.0.0.1:2"
+"#,
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "listener[1].bind" && e.message.contains("line 3")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "homeserver[1].hosts[0]" && e.message.contains("already served")),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn a_host_may_repeat_within_one_homeserver() {
+    parse_ok(&MINIMAL.replace(
+        "server_name = \"example.com\"",
+        "server_name = \"example.com\"\nhosts = [\"example.com:443\"]",
+    ));
+}
+
+#[test]
+fn upstreams() {
+    assert_eq!(
+        parse_upstream("unix:/run/synapse.sock"),
+        Ok(UpstreamTarget::Unix("/run/synapse.sock".into()))
+    );
+    assert_eq!(
+        parse_upstream("http://[::1]:8008/"),
+        Ok(UpstreamTarget::Http {
+            host: "::1".into(),
+            port: 8008
+        })
+    );
+    assert_eq!(
+        parse_upstream("http://synapse"),
+        Ok(UpstreamTarget::Http {
+            host: "synapse".into(),
+            port: 80
+        })
+    );
+    assert!(parse_upstream("http://127.0.0.1:8008/_matrix").is_err());
+    assert!(parse_upstream("unix:relative.sock").is_err());
+    assert!(
+        parse_upstream("https://x")
+            .unwrap_err()
+            .contains("not supported")
+    );
+    assert!(parse_upstream("http://h:0").is_err());
+}
+
+#[test]
+fn binds() {
+    assert!(parse_bind("[::1]:8443").is_ok());
+    assert!(parse_bind("0.0.0.0:80").is_ok());
+    assert!(parse_bind("127.0.0.1").unwrap_err().contains("add a port"));
+    assert!(
+        parse_bind("example.com:443")
+            .unwrap_err()
+            .contains("no host names")
+    );
+}
+
+#[test]
+fn certificate_blocks() {
+    let errs = parse_err(&MINIMAL.replace("self_signed = [\"localhost\"]", "cert = \"/x.pem\""));
+    assert!(errs[0].message.contains("\"key\" is missing"), "{errs:#?}");
+    let c = parse_ok(&MINIMAL.replace(
+        "self_signed = [\"localhost\"]",
+        "cert = \"/x.pem\"\nkey = \"/x.key\"",
+    ));
+    match &c.certificates[0].source {
+        CertificateSource::Files { cert, key } => {
+            assert_eq!(cert.value, Path::new("/x.pem"));
+            assert_eq!(key.key, "certificate[0].key");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn limits_and_log() {
+    let c = parse_ok(&format!(
+        "{MINIMAL}\n[limits]\nmax_connections = 5\nmax_header_size = \"16K\"\n[log]\nformat = \"json\"\n"
+    ));
+    assert_eq!(c.limits.max_connections, 5);
+    assert_eq!(c.limits.max_header_size, 16 << 10);
+    assert_eq!(c.log.format, LogFormat::Json);
+    let errs = parse_err(&format!(
+        "{MINIMAL}\n[limits]\nmax_connections = 0\n[log]\nformat = \"xml\"\n"
+    ));
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+}
+
+#[test]
+fn empty_file_says_what_is_missing() {
+    let errs = parse_err("");
+    assert!(errs.iter().any(|e| e.message.contains("no [[listener]]")));
+}
+
+#[test]
+fn host_keys() {
+    assert_eq!(host_key("Example.COM:8448").as_deref(), Some("example.com"));
+    assert_eq!(host_key("[::1]:443").as_deref(), Some("::1"));
+    assert_eq!(
+        host_key("matrix.example.com.").as_deref(),
+        Some("matrix.example.com")
+    );
+}

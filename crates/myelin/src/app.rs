@@ -1,0 +1,183 @@
+//! The one service every request reaches: host → homeserver, then well-known or the router.
+//! Plain-HTTP listeners only redirect to HTTPS.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use myelin_listener::{ConnInfo, Handler};
+use myelin_router::{ClientContext, ProxyBody, ProxyError, RouteInfo};
+use myelin_well_known::WellKnown;
+
+use crate::access::{AccessRecord, LoggedBody};
+use crate::plan::{ListenerPolicy, Plan, Site};
+
+/// What requests are answered from; replaced whole on reload.
+pub struct State {
+    pub sites: HashMap<String, Arc<Site>>,
+    pub policies: HashMap<String, ListenerPolicy>,
+    pub access_log: bool,
+}
+
+impl State {
+    pub fn from_plan(plan: &Plan) -> State {
+        State {
+            sites: plan.sites.clone(),
+            policies: plan.policies(),
+            access_log: plan.access_log,
+        }
+    }
+}
+
+/// The handler given to the listeners.
+pub struct App {
+    pub state: ArcSwap<State>,
+}
+
+impl Handler for App {
+    type Body = LoggedBody;
+    type Future = Pin<Box<dyn Future<Output = Response<LoggedBody>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>, conn: &Arc<ConnInfo>) -> Self::Future {
+        let state = self.state.load_full();
+        let conn = conn.clone();
+        Box::pin(async move { handle(state, req, conn).await })
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> Response<LoggedBody> {
+    let started = Instant::now();
+    let policy = state.policies.get(conn.listener.as_ref());
+    let client_ip = client_ip(&req, &conn, policy);
+    let host = request_host(&req);
+    let mut record = AccessRecord::new(&req, &conn, client_ip, host.clone(), started);
+    let site = host.as_deref().and_then(|h| state.sites.get(h)).cloned();
+    if let Some(site) = &site {
+        record.homeserver = Some(site.server_name.clone());
+    }
+
+    let resp: Response<ProxyBody> = if !conn.tls {
+        record.route = "redirect";
+        match (&site, &host) {
+            (Some(_), Some(h)) => redirect(&req, h, policy.map_or(443, |p| p.https_port)),
+            _ => misdirected(host.as_deref()),
+        }
+    } else {
+        match site {
+            None => {
+                record.route = "unknown_host";
+                misdirected(host.as_deref())
+            }
+            Some(site) => {
+                let path = req.uri().path();
+                if WellKnown::handles(path) {
+                    record.route = "well_known";
+                    site.well_known
+                        .respond(req.method(), path)
+                        .map(|r| r.map(ProxyBody::full))
+                        .unwrap_or_else(|| {
+                            ProxyError::NotServed { path: path.into() }.into_response()
+                        })
+                } else {
+                    let ctx = ClientContext {
+                        ip: client_ip,
+                        https: true,
+                        h2: conn.h2,
+                    };
+                    let resp = site.router.clone().handle(req, ctx).await;
+                    if let Some(info) = resp.extensions().get::<RouteInfo>() {
+                        record.route = info.route;
+                        record.upstream = info.upstream.clone();
+                    }
+                    resp
+                }
+            }
+        }
+    };
+    record.status = resp.status().as_u16();
+    record.enabled = state.access_log;
+    resp.map(|body| LoggedBody::new(body, record))
+}
+
+/// The host the request is for: `Host`, or the authority of an HTTP/2 or absolute-form request;
+/// lower-case, without port or trailing dot.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })?;
+    let raw = raw.rsplit_once('@').map_or(raw.as_str(), |(_, h)| h);
+    myelin_config::host_key(raw)
+}
+
+/// The client's address: the peer, or what a trusted proxy in front says it is.
+fn client_ip(req: &Request<Incoming>, conn: &ConnInfo, policy: Option<&ListenerPolicy>) -> IpAddr {
+    let peer = conn.peer.ip().to_canonical();
+    let Some(policy) = policy else { return peer };
+    if !policy.trusted_proxies.iter().any(|n| n.contains(&peer)) {
+        return peer;
+    }
+    // Walk X-Forwarded-For from the right, skipping our trusted proxies.
+    let chain: Vec<IpAddr> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .collect();
+    chain
+        .iter()
+        .rev()
+        .find(|ip| !policy.trusted_proxies.iter().any(|n| n.contains(*ip)))
+        .or(chain.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+fn redirect(req: &Request<Incoming>, host: &str, https_port: u16) -> Response<ProxyBody> {
+    let authority = match (host.contains(':'), https_port) {
+        (true, 443) => format!("[{host}]"),
+        (true, p) => format!("[{host}]:{p}"),
+        (false, 443) => host.to_string(),
+        (false, p) => format!("{host}:{p}"),
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{authority}{pq}");
+    let mut r = Response::new(ProxyBody::empty());
+    *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        Err(_) => return ProxyError::BadTarget.into_response(),
+    }
+    r
+}
+
+fn misdirected(host: Option<&str>) -> Response<ProxyBody> {
+    match host {
+        Some(h) => ProxyError::UnknownHost {
+            host: h.to_string(),
+        }
+        .into_response(),
+        None => ProxyError::NoHost.into_response(),
+    }
+}

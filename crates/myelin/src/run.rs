@@ -1,0 +1,196 @@
+//! `myelin run`: start the listeners, then wait for signals: SIGHUP reloads configuration and
+//! certificates without dropping a connection, SIGTERM/SIGINT drain and stop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use myelin_config::{Config, ConfigErrors};
+use myelin_listener::{CertStore, ListenerSettings, Server};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::app::{App, State};
+use crate::plan::{Plan, bind_set};
+
+pub enum RunError {
+    Config(ConfigErrors),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for RunError {
+    fn from(e: anyhow::Error) -> Self {
+        RunError::Other(e)
+    }
+}
+
+struct Running {
+    source: ConfigSource,
+    server: Server<App>,
+    app: Arc<App>,
+    shutdown_timeout: Duration,
+}
+
+#[derive(Clone)]
+enum ConfigSource {
+    File(std::path::PathBuf),
+    Embedded,
+}
+
+impl ConfigSource {
+    fn load(&self) -> Result<Config, ConfigErrors> {
+        match self {
+            ConfigSource::File(p) => myelin_config::load(p),
+            ConfigSource::Embedded => {
+                myelin_config::parse(crate::EMBEDDED_DEFAULT, Path::new("<embedded default>"))
+            }
+        }
+    }
+}
+
+pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
+    let plan = Plan::build(&config).map_err(RunError::Config)?;
+    for w in &plan.warnings {
+        warn!("{w}");
+    }
+    if embedded {
+        announce_embedded(&plan);
+    }
+    let store = Arc::new(CertStore::new(plan.certs.clone()));
+    let app = Arc::new(App {
+        state: ArcSwap::from_pointee(State::from_plan(&plan)),
+    });
+    let server = Server::new(app.clone(), store, plan.limits.clone()).context("TLS set-up")?;
+    for l in plan.binds() {
+        server.bind(&l).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    info!(config = %config.file.display(), "myelin {} started: {}", env!("CARGO_PKG_VERSION"), plan.summary);
+
+    let mut running = Running {
+        source: if embedded {
+            ConfigSource::Embedded
+        } else {
+            ConfigSource::File(config.file.clone())
+        },
+        server,
+        app,
+        shutdown_timeout: plan.shutdown_timeout,
+    };
+    let signal_name = loop {
+        tokio::select! {
+            _ = hup.recv() => running.reload(),
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+        }
+    };
+    info!(
+        signal = signal_name,
+        "shutting down: no new connections, finishing requests in flight"
+    );
+    let report = running.server.shutdown(running.shutdown_timeout).await;
+    info!(
+        abandoned = report.abandoned,
+        took_ms = report.took.as_millis() as u64,
+        "stopped"
+    );
+    Ok(())
+}
+
+impl Running {
+    /// Re-reads the configuration and certificates. A configuration with errors is refused as a
+    /// whole and the running one keeps serving.
+    fn reload(&mut self) {
+        info!("SIGHUP: reloading configuration");
+        let plan = match self.source.load().and_then(|c| Plan::build(&c)) {
+            Ok(p) => p,
+            Err(errors) => {
+                for e in errors.iter() {
+                    error!("{e}");
+                }
+                error!(
+                    errors = errors.len(),
+                    "reload refused: the configuration has errors; still serving the previous one"
+                );
+                reload_result("error");
+                return;
+            }
+        };
+        for w in &plan.warnings {
+            warn!("{w}");
+        }
+
+        let current: HashMap<SocketAddr, ListenerSettings> = self
+            .server
+            .bound()
+            .into_iter()
+            .map(|(s, _)| (s.bind, s))
+            .collect();
+        let wanted = bind_set(&plan);
+        // New addresses first: if one cannot be bound, nothing changes.
+        let mut added = Vec::new();
+        for s in wanted.values().filter(|s| !current.contains_key(&s.bind)) {
+            match self.server.bind(s) {
+                Ok(_) => added.push(s.bind),
+                Err(e) => {
+                    for a in added {
+                        self.server.unbind(a);
+                    }
+                    error!("{e}");
+                    error!(
+                        "reload refused: a new listener cannot be bound; still serving the previous configuration"
+                    );
+                    reload_result("error");
+                    return;
+                }
+            }
+        }
+
+        self.server.store().swap(plan.certs.clone());
+        self.app.state.store(Arc::new(State::from_plan(&plan)));
+        self.server.set_limits(plan.limits.clone());
+        self.shutdown_timeout = plan.shutdown_timeout;
+
+        for s in current.values() {
+            match wanted.get(&s.bind) {
+                None => {
+                    self.server.unbind(s.bind);
+                }
+                Some(w) if w != s => {
+                    // same address, other kind (TLS or plain): rebind
+                    self.server.unbind(s.bind);
+                    if let Err(e) = self.server.bind(w) {
+                        error!("{e}");
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        info!("reloaded: {}", plan.summary);
+        reload_result("ok");
+    }
+}
+
+fn reload_result(result: &'static str) {
+    metrics::counter!("myelin_config_reloads_total", "result" => result).increment(1);
+}
+
+/// For the README's first command: say where it listens and how to trust the certificate.
+fn announce_embedded(plan: &Plan) {
+    let path = std::env::temp_dir().join("myelin-embedded-default.pem");
+    let pem: String = plan.certs.certs().iter().map(|c| c.chain_pem()).collect();
+    match std::fs::write(&path, pem) {
+        Ok(()) => info!(
+            certificate = %path.display(),
+            "embedded default: https://localhost:8443 -> http://127.0.0.1:8008; try: curl --cacert {} https://localhost:8443/.well-known/matrix/client",
+            path.display()
+        ),
+        Err(e) => warn!(error = %e, "cannot write the generated certificate to {}", path.display()),
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `myelin` binary between real clients and real peers, on loopback.
+//! One test binary; each module is one area. Peers come from `tests/setup`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod foundation_cli;
+mod foundation_proxy;
+mod foundation_synapse;
+mod foundation_tls;
