@@ -309,7 +309,17 @@ async fn bodies_stream_both_ways() {
     s.get_mut().write_all(b"0\r\n\r\n").await.unwrap();
     let r = read_response(&mut s).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(up.last().body_len, 32 << 20);
+    let seen = up.last();
+    assert_eq!(seen.body_len, 32 << 20);
+    assert!(
+        seen.body_prefix.iter().all(|b| *b == b'm'),
+        "body bytes unchanged"
+    );
+    assert_eq!(
+        seen.header_values("content-type"),
+        ["application/octet-stream"],
+        "Content-Type not rewritten"
+    );
     assert_eq!(r.json()["body_len"], 32 << 20);
 
     // a trickled response reaches the client before the upstream has finished it
