@@ -377,7 +377,11 @@ fn route_naming_an_unknown_upstream() {
         errs[0].message
     );
     let text = format!("{MINIMAL}{WORKERS}");
-    let line = text.lines().position(|l| l == "upstream = \"media\"").unwrap() + 1;
+    let line = text
+        .lines()
+        .position(|l| l == "upstream = \"media\"")
+        .unwrap()
+        + 1;
     assert_eq!(errs[0].at.map(|a| a.line), Some(line));
 }
 
@@ -416,17 +420,31 @@ fn invalid_regex_points_at_the_character() {
 fn empty_or_broken_pools() {
     let errs = parse_err(&format!(
         "{MINIMAL}{}",
-        WORKERS.replace("servers = [\"unix:/run/synapse/media.sock\"]", "servers = []")
+        WORKERS.replace(
+            "servers = [\"unix:/run/synapse/media.sock\"]",
+            "servers = []"
+        )
     ));
-    assert_eq!(errs.len(), 1, "a route to a broken pool is not another error: {errs:#?}");
+    assert_eq!(
+        errs.len(),
+        1,
+        "a route to a broken pool is not another error: {errs:#?}"
+    );
     assert_eq!(errs[0].key, "homeserver[0].upstreams.media.servers");
-    assert!(errs[0].message.contains("at least one server"), "{}", errs[0].message);
+    assert!(
+        errs[0].message.contains("at least one server"),
+        "{}",
+        errs[0].message
+    );
 
     let errs = parse_err(&format!(
         "{MINIMAL}{}",
         WORKERS
             .replace("balance = \"user\"", "balance = \"sticky\"")
-            .replace("\"http://127.0.0.1:8084\"", "\"http://127.0.0.1:8083\", \"ftp://x\"")
+            .replace(
+                "\"http://127.0.0.1:8084\"",
+                "\"http://127.0.0.1:8083\", \"ftp://x\""
+            )
             .replace("methods = [\"GET\"]", "methods = [\"get\"]")
     ));
     let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
@@ -441,19 +459,29 @@ fn empty_or_broken_pools() {
         "{errs:#?}"
     );
     assert!(errs[0].message.contains("already listed"), "{errs:#?}");
-    assert!(errs[2].message.contains("round_robin, user, room, origin, ip"));
+    assert!(
+        errs[2]
+            .message
+            .contains("round_robin, user, room, origin, ip")
+    );
 
     let errs = parse_err(&format!(
         "{MINIMAL}\n[homeserver.upstreams.main]\nservers = [\"http://127.0.0.1:1\"]\nhealth_check_interval = \"1s\"\n"
     ));
     assert_eq!(errs.len(), 2, "{errs:#?}");
-    assert!(errs.iter().any(|e| e.message.contains("homeserver's own `upstream`")));
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("homeserver's own `upstream`"))
+    );
     assert!(errs.iter().any(|e| e.message.contains("need health_check")));
 
     let errs = parse_err(&format!(
         "{MINIMAL}\n[homeserver.upstreams.a]\nservers = [\"http://127.0.0.1:1\"]\nhealth_chek = \"/health\"\n"
     ));
-    assert_eq!(errs[0].key, "homeserver[0].upstreams.a.health_chek", "{errs:#?}");
+    assert_eq!(
+        errs[0].key, "homeserver[0].upstreams.a.health_chek",
+        "{errs:#?}"
+    );
 }
 
 #[test]

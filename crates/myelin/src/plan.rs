@@ -178,6 +178,14 @@ impl Plan {
             .collect()
     }
 
+    /// Starts what runs beside the requests once this plan serves: the upstream health checks.
+    /// They stop when the plan's routers are dropped (a reload replaced them).
+    pub fn start_background(&self) {
+        for site in self.sites.values() {
+            site.router.start_health_checks();
+        }
+    }
+
     pub fn binds(&self) -> Vec<ListenerSettings> {
         self.listeners.iter().map(|(s, _)| s.clone()).collect()
     }
@@ -270,6 +278,8 @@ fn site(
         body_read_timeout,
         admin_allow: h.admin_allow.clone(),
         forward_prefixes: h.forward_prefixes.clone(),
+        pools: crate::routing::pools(h),
+        routes: crate::routing::routes(h),
     });
     let router = match router {
         Ok(r) => Some(r),
