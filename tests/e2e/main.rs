@@ -8,3 +8,4 @@ mod foundation_cli;
 mod foundation_proxy;
 mod foundation_synapse;
 mod foundation_tls;
+mod routing;

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod dirs;
 pub mod myelin;
+pub mod named;
 pub mod peers;
 pub mod pki;
 pub mod synapse;
