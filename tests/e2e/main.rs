@@ -9,3 +9,4 @@ mod foundation_proxy;
 mod foundation_synapse;
 mod foundation_tls;
 mod routing;
+mod routing_synapse;

@@ -13,6 +13,7 @@ pub mod myelin;
 pub mod named;
 pub mod peers;
 pub mod pki;
+pub mod services;
 pub mod synapse;
 pub mod upstream;
 

@@ -52,6 +52,19 @@ fn example_config_parses() {
 }
 
 #[test]
+fn synapse_workers_preset_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/synapse-workers.toml");
+    let c = load(&path).unwrap_or_else(|e| panic!("examples/synapse-workers.toml:\n{e}"));
+    let h = &c.homeservers[0];
+    let pool = |n: &str| h.upstreams.iter().find(|p| p.name.value == n).unwrap();
+    assert_eq!(pool("sync").balance, Balance::User);
+    assert_eq!(pool("rooms").balance, Balance::Room);
+    assert_eq!(pool("federation_inbound").balance, Balance::Origin);
+    assert!(h.upstreams.iter().all(|p| p.health_check.is_some()));
+    assert!(h.routes.len() > 30, "{}", h.routes.len());
+}
+
+#[test]
 fn defaults() {
     let c = parse_ok(MINIMAL);
     let h = &c.homeservers[0];
