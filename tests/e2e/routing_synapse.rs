@@ -87,6 +87,10 @@ fn the_preset_passes_check_config() {
     let (code, out, err) = check_config(&bin(), &path);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("OK:"), "{out}");
+    assert!(
+        !err.contains("gets no requests"),
+        "every pool has a route: {err}"
+    );
 }
 
 #[test]

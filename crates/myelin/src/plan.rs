@@ -90,6 +90,7 @@ impl Plan {
         let mut sites = HashMap::new();
         let mut names = Vec::new();
         for h in &config.homeservers {
+            warnings.extend(crate::routing::warnings(file, h));
             match site(file, h, config.limits.body_read_timeout) {
                 Ok((site, hosts)) => {
                     let site = Arc::new(site);

@@ -53,3 +53,21 @@ fn addr(t: &UpstreamTarget) -> UpstreamAddr {
         UpstreamTarget::Unix(p) => UpstreamAddr::Unix(p.clone()),
     }
 }
+
+/// Pools no route sends anything to: probably a typo or a forgotten route.
+pub fn warnings(file: &std::path::Path, h: &Homeserver) -> Vec<String> {
+    h.upstreams
+        .iter()
+        .filter(|p| !h.routes.iter().any(|r| r.upstream.value == p.name.value))
+        .map(|p| {
+            format!(
+                "{}:{}:{}: {}: no [[homeserver.route]] uses upstream pool \"{}\"; it gets no requests",
+                file.display(),
+                p.name.at.line,
+                p.name.at.column,
+                p.name.key,
+                p.name.value
+            )
+        })
+        .collect()
+}
