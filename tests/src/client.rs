@@ -64,6 +64,41 @@ impl TlsClient {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))?
     }
 
+    /// Like [`TlsClient::connect`], from a chosen local address (e.g. 127.0.0.7).
+    pub async fn connect_from(
+        &self,
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+        sni: &str,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let socket = match local {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(local, 0))?;
+        let tcp = socket.connect(addr).await?;
+        let name = ServerName::try_from(sni.to_string()).map_err(std::io::Error::other)?;
+        tokio::time::timeout(
+            IO_TIMEOUT,
+            TlsConnector::from(self.config.clone()).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+    }
+
+    /// One HTTP/1.1 request of raw bytes from a chosen local address.
+    pub async fn h1_from(
+        &self,
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+        sni: &str,
+        request: &[u8],
+    ) -> std::io::Result<RawResponse> {
+        let mut s = BufReader::new(self.connect_from(local, addr, sni).await?);
+        s.get_mut().write_all(request).await?;
+        read_response(&mut s).await
+    }
+
     /// One HTTP/1.1 request of raw bytes on a new connection; the response read whole.
     pub async fn h1(
         &self,

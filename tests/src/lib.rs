@@ -10,8 +10,10 @@
 pub mod client;
 pub mod dirs;
 pub mod myelin;
+pub mod named;
 pub mod peers;
 pub mod pki;
+pub mod services;
 pub mod synapse;
 pub mod upstream;
 

@@ -173,6 +173,143 @@ impl Synapse {
     }
 }
 
+/// What the main process needs to run with workers: its client listener plus an HTTP
+/// replication listener, PostgreSQL, Redis, and the `instance_map`. Pass it as `extra_yaml`
+/// (with `port: Some(port)`): its `listeners` and `database` replace the template's.
+pub fn shared_worker_yaml(
+    port: u16,
+    replication_port: u16,
+    postgres: &crate::services::Postgres,
+    redis: &crate::services::Redis,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+listeners:
+  - port: {port}
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: false
+    x_forwarded: true
+    resources:
+      - names: [client, federation]
+        compress: false
+  - port: {replication_port}
+    bind_addresses: ['127.0.0.1']
+    type: http
+    resources:
+      - names: [replication]
+{database}
+redis:
+  enabled: true
+  host: 127.0.0.1
+  port: {redis}
+instance_map:
+  main:
+    host: 127.0.0.1
+    port: {replication_port}
+worker_replication_secret: "{SHARED_SECRET}-replication"
+{extra}
+"#,
+        database = postgres.synapse_database_yaml(),
+        redis = redis.port,
+    )
+}
+
+/// A Synapse worker process, sharing the main process's configuration file.
+pub struct SynapseWorker {
+    child: Child,
+    pub name: String,
+    pub port: u16,
+    log: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Synapse {
+    /// Starts a worker: `app` (e.g. `synapse.app.generic_worker`), named `name`, with one HTTP
+    /// listener on a free port serving `resources` (e.g. `["client"]` or `["media"]`). It reads
+    /// the main process's homeserver.yaml, then its own file; it logs to its own file.
+    /// Returns once its `/health` answers.
+    pub fn start_worker(&self, name: &str, app: &str, resources: &[&str]) -> SynapseWorker {
+        let port = free_port();
+        let log = self.dir.join(format!("worker-{name}.log"));
+        let log_cfg = std::fs::read_to_string(repo_root().join("tests/peers/log.config.in"))
+            .expect("template")
+            .replace("@DIR@/homeserver.log", &log.display().to_string());
+        let log_cfg_path = self.dir.join(format!("worker-{name}.log.config"));
+        std::fs::write(&log_cfg_path, log_cfg).expect("write worker log config");
+        let yaml = format!(
+            "worker_app: {app}
+worker_name: {name}
+worker_listeners:
+  - type: http
+    port: {port}
+    bind_addresses: ['127.0.0.1']
+    x_forwarded: true
+    resources:
+      - names: [{}]
+worker_log_config: {}
+",
+            resources.join(", "),
+            log_cfg_path.display()
+        );
+        let yaml_path = self.dir.join(format!("worker-{name}.yaml"));
+        std::fs::write(&yaml_path, yaml).expect("write worker yaml");
+        let stderr = self.dir.join(format!("worker-{name}.stderr"));
+        let child = Command::new(venv_bin("python"))
+            .args(["-m", app, "-c"])
+            .arg(self.dir.join("homeserver.yaml"))
+            .arg("-c")
+            .arg(&yaml_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(&stderr)
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            )
+            .spawn()
+            .expect("start synapse worker");
+        let mut w = SynapseWorker {
+            child,
+            name: name.to_string(),
+            port,
+            log,
+            stderr,
+        };
+        let health = format!("http://127.0.0.1:{port}/health");
+        let ready = wait_until(Duration::from_secs(90), || {
+            matches!(w.child.try_wait(), Ok(Some(_))) || curl_ok(&[], &health)
+        });
+        if !ready || matches!(w.child.try_wait(), Ok(Some(_))) {
+            panic!(
+                "Synapse worker {name} did not become healthy:\n{}\n{}",
+                std::fs::read_to_string(&w.stderr).unwrap_or_default(),
+                w.log()
+            );
+        }
+        w
+    }
+}
+
+impl SynapseWorker {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The worker's own log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SynapseWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Synapse {
     fn drop(&mut self) {
         let _ = self.child.kill();

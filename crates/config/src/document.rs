@@ -134,37 +134,54 @@ fn join_path(base: &str, inner: &str) -> String {
     }
 }
 
+/// One step from a value to a value inside it.
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// The steps to the innermost entry whose key or value covers `span`. Searched depth first:
+/// tables written with a `[header]` have a span that covers only the header, not their keys.
+fn find_steps(value: &DeValue<'_>, span: &Range<usize>) -> Option<Vec<Step>> {
+    match value {
+        DeValue::Table(t) => {
+            for (k, v) in t.iter() {
+                if covers(&k.span(), span) {
+                    return Some(vec![Step::Key(k.get_ref().to_string())]);
+                }
+                if let Some(mut rest) = find_steps(v.get_ref(), span) {
+                    rest.insert(0, Step::Key(k.get_ref().to_string()));
+                    return Some(rest);
+                }
+                if covers(&v.span(), span) {
+                    return Some(vec![Step::Key(k.get_ref().to_string())]);
+                }
+            }
+            None
+        }
+        DeValue::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                if let Some(mut rest) = find_steps(v.get_ref(), span) {
+                    rest.insert(0, Step::Index(i));
+                    return Some(rest);
+                }
+                if covers(&v.span(), span) {
+                    return Some(vec![Step::Index(i)]);
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
 /// The key path, relative to `value`, of the innermost key whose key or value covers `span`.
 fn key_path(value: &Spanned<DeValue<'_>>, span: &Range<usize>) -> String {
     let mut path = String::new();
-    let mut cur = value;
-    'walk: loop {
-        match cur.get_ref() {
-            DeValue::Table(t) => {
-                for (k, v) in t.iter() {
-                    if covers(&k.span(), span) {
-                        push_key(&mut path, k.get_ref());
-                        break 'walk;
-                    }
-                    if covers(&v.span(), span) && v.span() != cur.span() {
-                        push_key(&mut path, k.get_ref());
-                        cur = v;
-                        continue 'walk;
-                    }
-                }
-                break;
-            }
-            DeValue::Array(a) => {
-                for (i, v) in a.iter().enumerate() {
-                    if covers(&v.span(), span) && v.span() != cur.span() {
-                        path.push_str(&format!("[{i}]"));
-                        cur = v;
-                        continue 'walk;
-                    }
-                }
-                break;
-            }
-            _ => break,
+    for step in find_steps(value.get_ref(), span).unwrap_or_default() {
+        match step {
+            Step::Key(k) => push_key(&mut path, &k),
+            Step::Index(i) => path.push_str(&format!("[{i}]")),
         }
     }
     path
@@ -179,34 +196,21 @@ fn push_key(path: &mut String, key: &str) {
 
 /// Removes the innermost table entry whose key or value covers `span`; returns its key.
 fn remove_key_at(value: &mut DeValue<'_>, span: &Range<usize>) -> Option<String> {
-    match value {
-        DeValue::Table(t) => {
-            let mut hit: Option<(String, bool)> = None;
-            for (k, v) in t.iter() {
-                if covers(&k.span(), span) {
-                    hit = Some((k.get_ref().to_string(), false));
-                    break;
-                }
-                if covers(&v.span(), span) {
-                    hit = Some((k.get_ref().to_string(), true));
-                    break;
-                }
-            }
-            let (key, descend) = hit?;
-            if descend {
-                if let Some(v) = t.get_mut(key.as_str()) {
-                    if let Some(inner) = remove_key_at(v.get_mut(), span) {
-                        return Some(inner);
-                    }
-                }
-            }
-            t.remove(key.as_str());
-            Some(key)
+    let steps = find_steps(value, span)?;
+    let last_key = steps.iter().rposition(|s| matches!(s, Step::Key(_)))?;
+    let mut cur = value;
+    for step in &steps[..last_key] {
+        cur = match (step, cur) {
+            (Step::Key(k), DeValue::Table(t)) => t.get_mut(k.as_str())?.get_mut(),
+            (Step::Index(i), DeValue::Array(a)) => a.get_mut(*i)?.get_mut(),
+            _ => return None,
+        };
+    }
+    match (&steps[last_key], cur) {
+        (Step::Key(k), DeValue::Table(t)) => {
+            t.remove(k.as_str())?;
+            Some(k.clone())
         }
-        DeValue::Array(a) => a
-            .iter_mut()
-            .find(|v| covers(&v.span(), span))
-            .and_then(|v| remove_key_at(v.get_mut(), span)),
         _ => None,
     }
 }

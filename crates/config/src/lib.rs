@@ -10,6 +10,7 @@ mod document;
 pub mod error;
 pub mod model;
 pub mod raw;
+mod routing;
 pub mod units;
 
 use std::collections::HashMap;
@@ -310,6 +311,9 @@ fn homeserver(doc: &mut Document<'_>, raw: RawHomeserver, path: &str) -> Option<
     let well_known = raw
         .well_known
         .map(|w| well_known(doc, w, &format!("{path}.well_known")));
+    let pool_names = raw.upstreams.keys().map(|k| k.get_ref().clone()).collect();
+    let upstreams = routing::pools(doc, raw.upstreams, path);
+    let routes = routing::routes(doc, raw.route, &pool_names, path);
     if doc.errors.len() > errors_before {
         return None;
     }
@@ -325,6 +329,8 @@ fn homeserver(doc: &mut Document<'_>, raw: RawHomeserver, path: &str) -> Option<
         admin_allow,
         forward_prefixes,
         well_known: well_known.unwrap_or_default(),
+        upstreams,
+        routes,
     })
 }
 

@@ -79,6 +79,77 @@ pub struct Homeserver {
     /// Path prefixes forwarded upstream besides `/_matrix/` and `/_synapse/client/`.
     pub forward_prefixes: Vec<String>,
     pub well_known: WellKnown,
+    /// Named pools of servers besides `upstream` (Synapse workers), sorted by name.
+    pub upstreams: Vec<UpstreamPool>,
+    /// Ordered path rules; the first that matches picks the pool. Unmatched: `upstream`.
+    pub routes: Vec<Route>,
+}
+
+/// The pool name a route uses for the homeserver's own `upstream`.
+pub const MAIN_POOL: &str = "main";
+/// Default time between two active health checks of a server.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Default time a health check may take before it counts as failed.
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `[homeserver.upstreams.NAME]`: servers that can all answer the same requests.
+#[derive(Clone, Debug)]
+pub struct UpstreamPool {
+    pub name: Located<String>,
+    /// Never empty, no duplicates.
+    pub servers: Vec<Located<UpstreamTarget>>,
+    pub balance: Balance,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// How a pool picks a server for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// Sticky by access token (the user of a Synapse `syt_` token).
+    User,
+    /// Sticky by the room ID after `/rooms/` in the path.
+    Room,
+    /// Sticky by the `origin` of a federation request's `X-Matrix` authorization.
+    Origin,
+    /// Sticky by the client's address.
+    Ip,
+}
+
+impl Balance {
+    pub const NAMES: &'static [&'static str] = &["round_robin", "user", "room", "origin", "ip"];
+
+    pub fn parse(s: &str) -> Option<Balance> {
+        Some(match s {
+            "round_robin" => Balance::RoundRobin,
+            "user" => Balance::User,
+            "room" => Balance::Room,
+            "origin" => Balance::Origin,
+            "ip" => Balance::Ip,
+            _ => return None,
+        })
+    }
+}
+
+/// An active health check: `GET path` on every server of the pool, 2xx is healthy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// `[[homeserver.route]]`
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// A regular expression (already checked to compile) on the raw request path.
+    pub path: Located<String>,
+    /// Upper-case method names; empty: any method.
+    pub methods: Vec<String>,
+    /// A pool of `upstreams`, or [`MAIN_POOL`].
+    pub upstream: Located<String>,
 }
 
 /// Where a homeserver (or a worker) listens.

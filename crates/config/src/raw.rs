@@ -3,6 +3,8 @@
 //! Nothing here is used by the rest of Myelin: [`crate::model`] turns these into validated types.
 //! Values that need checking after parsing keep their span so errors can point at them.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -49,6 +51,36 @@ pub struct RawHomeserver {
     #[serde(default)]
     pub forward_prefixes: Vec<Spanned<String>>,
     pub well_known: Option<RawWellKnown>,
+    /// `[homeserver.upstreams.NAME]`: named pools of servers (Synapse workers).
+    #[serde(default)]
+    pub upstreams: BTreeMap<Spanned<String>, Spanned<RawUpstreamPool>>,
+    /// `[[homeserver.route]]`: ordered path rules sending requests to a pool.
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
+}
+
+/// `[homeserver.upstreams.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamPool {
+    pub servers: Spanned<Vec<Spanned<String>>>,
+    /// "round_robin" (default), "user", "room", "origin" or "ip".
+    pub balance: Option<Spanned<String>>,
+    /// Path of an active health check, e.g. "/health".
+    pub health_check: Option<Spanned<String>>,
+    pub health_check_interval: Option<Spanned<HumanDuration>>,
+    pub health_check_timeout: Option<Spanned<HumanDuration>>,
+}
+
+/// `[[homeserver.route]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// A regular expression matched against the raw (undecoded) request path.
+    pub path: Spanned<String>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A pool name from `[homeserver.upstreams]`, or "main" for the homeserver's `upstream`.
+    pub upstream: Spanned<String>,
 }
 
 /// `[homeserver.well_known]`

@@ -52,6 +52,19 @@ fn example_config_parses() {
 }
 
 #[test]
+fn synapse_workers_preset_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/synapse-workers.toml");
+    let c = load(&path).unwrap_or_else(|e| panic!("examples/synapse-workers.toml:\n{e}"));
+    let h = &c.homeservers[0];
+    let pool = |n: &str| h.upstreams.iter().find(|p| p.name.value == n).unwrap();
+    assert_eq!(pool("sync").balance, Balance::User);
+    assert_eq!(pool("rooms").balance, Balance::Room);
+    assert_eq!(pool("federation_inbound").balance, Balance::Origin);
+    assert!(h.upstreams.iter().all(|p| p.health_check.is_some()));
+    assert!(h.routes.len() > 30, "{}", h.routes.len());
+}
+
+#[test]
 fn defaults() {
     let c = parse_ok(MINIMAL);
     let h = &c.homeservers[0];
@@ -304,5 +317,200 @@ fn host_keys() {
     assert_eq!(
         host_key("matrix.example.com.").as_deref(),
         Some("matrix.example.com")
+    );
+}
+
+const WORKERS: &str = r#"
+[homeserver.upstreams.sync]
+servers = ["http://127.0.0.1:8083", "http://127.0.0.1:8084"]
+balance = "user"
+health_check = "/health"
+
+[homeserver.upstreams.media]
+servers = ["unix:/run/synapse/media.sock"]
+
+[[homeserver.route]]
+path = '^/_matrix/client/(r0|v3)/sync$'
+methods = ["GET"]
+upstream = "sync"
+
+[[homeserver.route]]
+path = '^/_matrix/media/'
+upstream = "media"
+
+[[homeserver.route]]
+path = '^/_matrix/client/v3/login$'
+upstream = "main"
+"#;
+
+#[test]
+fn pools_and_routes() {
+    let c = parse_ok(&format!("{MINIMAL}{WORKERS}"));
+    let h = &c.homeservers[0];
+    let names: Vec<&str> = h.upstreams.iter().map(|p| p.name.value.as_str()).collect();
+    assert_eq!(names, ["media", "sync"]);
+    let sync = &h.upstreams[1];
+    assert_eq!(sync.balance, Balance::User);
+    assert_eq!(sync.servers.len(), 2);
+    assert_eq!(
+        sync.health_check,
+        Some(HealthCheck {
+            path: "/health".into(),
+            interval: DEFAULT_HEALTH_CHECK_INTERVAL,
+            timeout: DEFAULT_HEALTH_CHECK_TIMEOUT,
+        })
+    );
+    assert_eq!(h.upstreams[0].balance, Balance::RoundRobin);
+    assert_eq!(
+        h.upstreams[0].servers[0].value,
+        UpstreamTarget::Unix("/run/synapse/media.sock".into())
+    );
+    assert_eq!(h.routes.len(), 3);
+    assert_eq!(h.routes[0].path.value, "^/_matrix/client/(r0|v3)/sync$");
+    assert_eq!(h.routes[0].methods, ["GET"]);
+    assert!(h.routes[1].methods.is_empty());
+    assert_eq!(h.routes[2].upstream.value, MAIN_POOL);
+    // without any, nothing changes
+    let c = parse_ok(MINIMAL);
+    assert!(c.homeservers[0].upstreams.is_empty() && c.homeservers[0].routes.is_empty());
+}
+
+#[test]
+fn route_naming_an_unknown_upstream() {
+    let errs = parse_err(&format!(
+        "{MINIMAL}{}",
+        WORKERS.replace("upstream = \"media\"", "upstream = \"mediaa\"")
+    ));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].key, "homeserver[0].route[1].upstream");
+    assert!(
+        errs[0].message.contains("unknown upstream \"mediaa\"")
+            && errs[0].message.contains("main, media, sync"),
+        "{}",
+        errs[0].message
+    );
+    let text = format!("{MINIMAL}{WORKERS}");
+    let line = text
+        .lines()
+        .position(|l| l == "upstream = \"media\"")
+        .unwrap()
+        + 1;
+    assert_eq!(errs[0].at.map(|a| a.line), Some(line));
+}
+
+#[test]
+fn invalid_regex_points_at_the_character() {
+    let text = format!(
+        "{MINIMAL}{}",
+        WORKERS.replace("'^/_matrix/media/'", "'^/_matrix/(media/'")
+    );
+    let errs = parse_err(&text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let e = &errs[0];
+    assert_eq!(e.key, "homeserver[0].route[1].path");
+    assert!(e.message.contains("unclosed group"), "{}", e.message);
+    assert!(e.message.contains("at character 11"), "{}", e.message);
+    // on the line `path = '^/_matrix/(media/'`, the column is the "(" itself
+    let at = e.at.unwrap();
+    let line = text.lines().nth(at.line - 1).unwrap();
+    assert!(line.starts_with("path = '^/_matrix/(media"), "{line}");
+    assert_eq!(line.chars().nth(at.column - 1), Some('('), "{line} {at:?}");
+
+    // in a basic string with escapes the value is pointed at, the message still has the place
+    let errs = parse_err(&format!(
+        "{MINIMAL}{}",
+        WORKERS.replace("'^/_matrix/media/'", "\"^/_matrix/\\\\d[\"")
+    ));
+    assert!(
+        errs[0].message.contains("unclosed character class")
+            && errs[0].message.contains("at character 13"),
+        "{errs:#?}"
+    );
+    assert_eq!(errs[0].at.map(|a| a.column), Some(8));
+}
+
+#[test]
+fn empty_or_broken_pools() {
+    let errs = parse_err(&format!(
+        "{MINIMAL}{}",
+        WORKERS.replace(
+            "servers = [\"unix:/run/synapse/media.sock\"]",
+            "servers = []"
+        )
+    ));
+    assert_eq!(
+        errs.len(),
+        1,
+        "a route to a broken pool is not another error: {errs:#?}"
+    );
+    assert_eq!(errs[0].key, "homeserver[0].upstreams.media.servers");
+    assert!(
+        errs[0].message.contains("at least one server"),
+        "{}",
+        errs[0].message
+    );
+
+    let errs = parse_err(&format!(
+        "{MINIMAL}{}",
+        WORKERS
+            .replace("balance = \"user\"", "balance = \"sticky\"")
+            .replace(
+                "\"http://127.0.0.1:8084\"",
+                "\"http://127.0.0.1:8083\", \"ftp://x\""
+            )
+            .replace("methods = [\"GET\"]", "methods = [\"get\"]")
+    ));
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "homeserver[0].upstreams.sync.servers[1]",
+            "homeserver[0].upstreams.sync.servers[2]",
+            "homeserver[0].upstreams.sync.balance",
+            "homeserver[0].route[0].methods[0]",
+        ],
+        "{errs:#?}"
+    );
+    assert!(errs[0].message.contains("already listed"), "{errs:#?}");
+    assert!(
+        errs[2]
+            .message
+            .contains("round_robin, user, room, origin, ip")
+    );
+
+    let errs = parse_err(&format!(
+        "{MINIMAL}\n[homeserver.upstreams.main]\nservers = [\"http://127.0.0.1:1\"]\nhealth_check_interval = \"1s\"\n"
+    ));
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("homeserver's own `upstream`"))
+    );
+    assert!(errs.iter().any(|e| e.message.contains("need health_check")));
+
+    let errs = parse_err(&format!(
+        "{MINIMAL}\n[homeserver.upstreams.a]\nservers = [\"http://127.0.0.1:1\"]\nhealth_chek = \"/health\"\n"
+    ));
+    assert_eq!(
+        errs[0].key, "homeserver[0].upstreams.a.health_chek",
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn nested_tables_report_every_bad_key_with_its_path() {
+    // tables written as [headers] have spans covering only the header: keys are still found
+    let errs = parse_err(&format!(
+        "{MINIMAL}[homeserver.well_known]\nsever = \"x\"\nclent = 1\n[[homeserver.route]]\npath = 'x'\nupstream = \"main\"\nmthods = []\n"
+    ));
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "homeserver[0].well_known.sever",
+            "homeserver[0].well_known.clent",
+            "homeserver[0].route[0].mthods"
+        ],
+        "{errs:#?}"
     );
 }

@@ -28,6 +28,8 @@ pub struct AccessRecord {
     pub started: Instant,
     pub route: &'static str,
     pub upstream: Option<Arc<str>>,
+    /// The upstream pool the route table chose.
+    pub pool: Option<Arc<str>>,
     pub homeserver: Option<String>,
     pub listener: Arc<str>,
 }
@@ -51,6 +53,7 @@ impl AccessRecord {
             started,
             route: "",
             upstream: None,
+            pool: None,
             homeserver: None,
             listener: conn.listener.clone(),
         }
@@ -177,6 +180,7 @@ fn finish(r: &AccessRecord, bytes: u64, complete: bool) {
         duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
         route = r.route,
         upstream = r.upstream.as_deref().unwrap_or("-"),
+        pool = r.pool.as_deref().unwrap_or("-"),
         listener = %r.listener,
         complete,
         "request"

@@ -99,6 +99,7 @@ async fn handle(
                     if let Some(info) = resp.extensions().get::<RouteInfo>() {
                         record.route = info.route;
                         record.upstream = info.upstream.clone();
+                        record.pool = info.pool.clone();
                     }
                     resp
                 }

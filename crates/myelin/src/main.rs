@@ -6,6 +6,7 @@
 mod access;
 mod app;
 mod plan;
+mod routing;
 mod run;
 mod telemetry;
 

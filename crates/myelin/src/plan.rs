@@ -90,6 +90,7 @@ impl Plan {
         let mut sites = HashMap::new();
         let mut names = Vec::new();
         for h in &config.homeservers {
+            warnings.extend(crate::routing::warnings(file, h));
             match site(file, h, config.limits.body_read_timeout) {
                 Ok((site, hosts)) => {
                     let site = Arc::new(site);
@@ -176,6 +177,14 @@ impl Plan {
             .iter()
             .map(|(s, p)| (s.bind.to_string(), p.clone()))
             .collect()
+    }
+
+    /// Starts what runs beside the requests once this plan serves: the upstream health checks.
+    /// They stop when the plan's routers are dropped (a reload replaced them).
+    pub fn start_background(&self) {
+        for site in self.sites.values() {
+            site.router.start_health_checks();
+        }
     }
 
     pub fn binds(&self) -> Vec<ListenerSettings> {
@@ -270,6 +279,8 @@ fn site(
         body_read_timeout,
         admin_allow: h.admin_allow.clone(),
         forward_prefixes: h.forward_prefixes.clone(),
+        pools: crate::routing::pools(h),
+        routes: crate::routing::routes(h),
     });
     let router = match router {
         Ok(r) => Some(r),

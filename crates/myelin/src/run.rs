@@ -64,6 +64,7 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
     let app = Arc::new(App {
         state: ArcSwap::from_pointee(State::from_plan(&plan)),
     });
+    plan.start_background();
     let server = Server::new(app.clone(), store, plan.limits.clone()).context("TLS set-up")?;
     for l in plan.binds() {
         server.bind(&l).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -83,6 +84,9 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
         app,
         shutdown_timeout: plan.shutdown_timeout,
     };
+    // The running state holds what it needs; a reload must be able to drop the rest (routers
+    // and their health checks).
+    drop(plan);
     let signal_name = loop {
         tokio::select! {
             _ = hup.recv() => running.reload(),
@@ -153,6 +157,7 @@ impl Running {
         }
 
         self.server.store().swap(plan.certs.clone());
+        plan.start_background();
         self.app.state.store(Arc::new(State::from_plan(&plan)));
         self.server.set_limits(plan.limits.clone());
         self.shutdown_timeout = plan.shutdown_timeout;

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -112,6 +113,8 @@ fn settings(upstream: SocketAddr) -> HomeserverSettings {
         body_read_timeout: Duration::from_secs(5),
         admin_allow: Vec::new(),
         forward_prefixes: Vec::new(),
+        pools: Vec::new(),
+        routes: Vec::new(),
     }
 }
 
@@ -290,4 +293,144 @@ async fn unix_socket_upstream() {
     assert_eq!(status, 200);
     assert!(body.contains("/_matrix/client/versions"), "{body}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tcp(addr: SocketAddr) -> UpstreamAddr {
+    UpstreamAddr::Tcp {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+    }
+}
+
+/// A port with nothing listening on it.
+async fn dead_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn pool(name: &str, servers: &[SocketAddr], balance: Balance) -> PoolSettings {
+    PoolSettings {
+        name: name.into(),
+        servers: servers.iter().map(|a| tcp(*a)).collect(),
+        balance,
+        health_check: None,
+    }
+}
+
+fn route(path: &str, methods: &[&str], upstream: &str) -> RouteSettings {
+    RouteSettings {
+        path: path.into(),
+        methods: methods.iter().map(|m| m.parse().unwrap()).collect(),
+        upstream: upstream.into(),
+    }
+}
+
+#[tokio::test]
+async fn routes_pick_pools_and_the_rest_goes_to_main() {
+    let (main, main_seen) = recording_upstream(Duration::ZERO).await;
+    let (w, w_seen) = recording_upstream(Duration::ZERO).await;
+    let mut s = settings(main);
+    s.pools = vec![pool("sync", &[w], Balance::User)];
+    s.routes = vec![route("^/_matrix/client/v3/sync$", &["GET"], "sync")];
+    let front = front(Arc::new(HomeserverRouter::new(s).unwrap())).await;
+    for req in [
+        "GET /_matrix/client/v3/sync?since=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "POST /_matrix/client/v3/sync HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        assert_eq!(raw(front, req.as_bytes()).await.0, 200);
+    }
+    let w_seen = w_seen.lock().unwrap().clone();
+    assert_eq!(w_seen.len(), 1);
+    assert_eq!(w_seen[0].target, "/_matrix/client/v3/sync?since=1");
+    assert_eq!(
+        main_seen.lock().unwrap().len(),
+        2,
+        "POST and the unmatched path"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_once_on_another_server() {
+    let (live, seen) = recording_upstream(Duration::ZERO).await;
+    let dead1 = dead_port().await;
+    let (d2, d3, d4) = (dead_port().await, dead_port().await, dead_port().await);
+    let mut s = settings(live);
+    s.pools = vec![
+        pool("a", &[dead1, live], Balance::RoundRobin),
+        pool("b", &[d2, d3, d4], Balance::RoundRobin),
+    ];
+    s.routes = vec![route("^/a/", &[], "a"), route("^/b/", &[], "b")];
+    s.forward_prefixes = vec!["/a/".into(), "/b/".into()];
+    let router = Arc::new(HomeserverRouter::new(s).unwrap());
+    let front = front(router.clone()).await;
+    // round robin starts with the first server, which is dead: the body goes to the second
+    let (status, body) = raw(
+        front,
+        b"PUT /a/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(seen.lock().unwrap()[0].body_len, 5);
+    // the dead one is skipped now: the next requests go to the live one at once
+    for _ in 0..3 {
+        let (status, _) = raw(
+            front,
+            b"GET /a/y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let failures = |pool: usize| -> Vec<u32> {
+        router.pools[pool]
+            .servers
+            .iter()
+            .map(|s| s.failures.load(Ordering::Relaxed))
+            .collect()
+    };
+    assert_eq!(failures(1), [1, 0], "the dead server was tried once only");
+    // three dead servers: one retry only, so two of them are tried
+    let (status, body) = raw(
+        front,
+        b"GET /b/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("cannot reach"), "{body}");
+    assert_eq!(failures(2).iter().sum::<u32>(), 2, "{:?}", failures(2));
+}
+
+#[tokio::test]
+async fn a_request_that_reached_a_server_is_not_sent_again() {
+    // accepts, reads the request head, closes without answering
+    let closer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closer_addr = closer.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(0usize));
+    let got2 = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = closer.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            *got2.lock().unwrap() += 1;
+        }
+    });
+    let (live, seen) = recording_upstream(Duration::ZERO).await;
+    let mut s = settings(live);
+    s.pools = vec![pool("a", &[closer_addr, live], Balance::RoundRobin)];
+    s.routes = vec![route("^/_matrix/", &[], "a")];
+    let front = front(Arc::new(HomeserverRouter::new(s).unwrap())).await;
+    let (status, body) = raw(
+        front,
+        b"PUT /_matrix/client/v3/rooms/!r:x/send/m.room.message/t1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(*got.lock().unwrap(), 1);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the request was sent twice"
+    );
 }

@@ -14,10 +14,10 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::body::RequestBody;
+use crate::retry::RetryableBody;
 
 /// Where an upstream listens.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum UpstreamAddr {
     Tcp { host: String, port: u16 },
     Unix(PathBuf),
@@ -44,7 +44,7 @@ impl std::fmt::Display for UpstreamAddr {
 }
 
 /// A pooled HTTP/1.1 client for one upstream.
-pub(crate) type UpstreamClient = Client<UpstreamConnector, RequestBody>;
+pub(crate) type UpstreamClient = Client<UpstreamConnector, RetryableBody>;
 
 /// How long an unused upstream connection stays in the pool.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -52,7 +52,18 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 const POOL_MAX_IDLE: usize = 512;
 
 pub(crate) fn client(addr: &UpstreamAddr, connect_timeout: Duration) -> UpstreamClient {
-    let connector = match addr {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .set_host(false)
+        .build(connector(addr, connect_timeout))
+}
+
+/// The connector for one upstream address.
+pub(crate) fn connector(addr: &UpstreamAddr, connect_timeout: Duration) -> UpstreamConnector {
+    match addr {
         UpstreamAddr::Tcp { .. } => {
             let mut http = HttpConnector::new();
             http.set_nodelay(true);
@@ -64,14 +75,7 @@ pub(crate) fn client(addr: &UpstreamAddr, connect_timeout: Duration) -> Upstream
             path: Arc::new(path.clone()),
             timeout: connect_timeout,
         },
-    };
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(POOL_MAX_IDLE)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .set_host(false)
-        .build(connector)
+    }
 }
 
 /// Connects to a TCP or Unix-socket upstream.
