@@ -57,8 +57,8 @@ impl CaClient {
                 path: path.to_path_buf(),
                 reason,
             };
-            let data = std::fs::read(path)
-                .map_err(|e| AcmeError::io(path, "cannot read ca_roots", e))?;
+            let data =
+                std::fs::read(path).map_err(|e| AcmeError::io(path, "cannot read ca_roots", e))?;
             let mut n = 0;
             for c in CertificateDer::pem_slice_iter(&data) {
                 let c = c.map_err(|e| bad(format!("unreadable PEM: {e}")))?;

@@ -74,7 +74,10 @@ pub enum AcmeError {
         last: String,
     },
 
-    #[error("DNS hook `{command} {action} {fqdn}` failed ({status}){}", stderr_note(stderr))]
+    #[error(
+        "DNS hook `{command} {action} {fqdn}` failed ({status}){}",
+        stderr_note(stderr)
+    )]
     Hook {
         command: String,
         action: &'static str,
@@ -103,7 +106,11 @@ fn stderr_note(stderr: &str) -> String {
 }
 
 impl AcmeError {
-    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
         AcmeError::Io {
             path: path.into(),
             action,

@@ -36,5 +36,7 @@ pub use crate::settings::{
     AcmeSettings, CertificateRequest, ChallengeKind, ExternalAccountBinding, directory_url,
     read_eab_hmac_key,
 };
-pub use crate::store::{CertificateMeta, CertificateStore, FileStore, StoreLock, StoredCertificate};
+pub use crate::store::{
+    CertificateMeta, CertificateStore, FileStore, StoreLock, StoredCertificate,
+};
 pub use myelin_listener::CertStore;

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use instant_acme::{Account, AccountCredentials, CertificateIdentifier, ExternalAccountKey, NewAccount};
+use instant_acme::{
+    Account, AccountCredentials, CertificateIdentifier, ExternalAccountKey, NewAccount,
+};
 use myelin_listener::{CertStore, LoadedCert};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -283,7 +285,13 @@ impl Inner {
             return Duration::ZERO;
         }
         let now = SystemTime::now();
-        let leaf = s.cert.key.cert.first().map(|c| c.as_ref().to_vec()).unwrap_or_default();
+        let leaf = s
+            .cert
+            .key
+            .cert
+            .first()
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default();
         let seed = seed_of(&leaf);
         let mut due = lifetime_due(s.cert.not_before, s.cert.not_after, seed);
         let mut recheck = MAX_SLEEP;
@@ -444,7 +452,10 @@ impl Inner {
         if let Some(a) = slot.as_ref() {
             return Some(a.clone());
         }
-        let creds = self.disk.load_account(&self.settings.directory_url).ok()??;
+        let creds = self
+            .disk
+            .load_account(&self.settings.directory_url)
+            .ok()??;
         let creds: AccountCredentials = serde_json::from_slice(&creds).ok()?;
         let a = Account::builder_with_http(self.ca_client().ok()?)
             .from_credentials(creds)

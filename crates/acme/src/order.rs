@@ -145,7 +145,9 @@ where
                 let dns = solvers
                     .dns
                     .as_ref()
-                    .ok_or_else(|| AcmeError::NoDnsProvider { name: shown.clone() })?;
+                    .ok_or_else(|| AcmeError::NoDnsProvider {
+                        name: shown.clone(),
+                    })?;
                 let record = dns.record_name(&name).await?;
                 let value = key_auth.dns_value();
                 dns.present(&record, &value).await?;

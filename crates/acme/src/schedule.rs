@@ -69,13 +69,19 @@ mod tests {
         for seed in 0..50 {
             let due = lifetime_due(nb, na, seed);
             let left = na.duration_since(due).unwrap();
-            assert!(left >= DAY * 30 && left <= DAY * 30 + DAY * 90 / 20, "{left:?}");
+            assert!(
+                left >= DAY * 30 && left <= DAY * 30 + DAY * 90 / 20,
+                "{left:?}"
+            );
         }
         assert_eq!(lifetime_due(nb, na, 7), lifetime_due(nb, na, 7));
         // a 20-second certificate renews after about 13 s
         let na = nb + Duration::from_secs(20);
         let due = lifetime_due(nb, na, 1).duration_since(nb).unwrap();
-        assert!(due > Duration::from_secs(12) && due <= Duration::from_secs(14), "{due:?}");
+        assert!(
+            due > Duration::from_secs(12) && due <= Duration::from_secs(14),
+            "{due:?}"
+        );
     }
 
     #[test]

@@ -160,14 +160,21 @@ mod tests {
                 .unwrap()
                 .contains("acme-v02.api.letsencrypt.org")
         );
-        assert!(directory_url("letsencrypt-staging").unwrap().contains("staging"));
+        assert!(
+            directory_url("letsencrypt-staging")
+                .unwrap()
+                .contains("staging")
+        );
         assert!(directory_url("zerossl").unwrap().contains("zerossl"));
         assert_eq!(
             directory_url("https://127.0.0.1:14000/dir").unwrap(),
             "https://127.0.0.1:14000/dir"
         );
         let err = directory_url("letsencrypt-prod").unwrap_err().to_string();
-        assert!(err.contains("unknown ACME directory \"letsencrypt-prod\""), "{err}");
+        assert!(
+            err.contains("unknown ACME directory \"letsencrypt-prod\""),
+            "{err}"
+        );
         assert!(directory_url("http://insecure/dir").is_err());
         assert!(directory_url("https://").is_err());
     }

@@ -66,7 +66,11 @@ impl StoreLock for FileLock {}
 impl FileStore {
     /// Opens (creating it if needed) the state directory, mode 0700.
     pub fn open(dir: &Path) -> Result<FileStore, AcmeError> {
-        for d in [dir.to_path_buf(), dir.join("accounts"), dir.join("certificates")] {
+        for d in [
+            dir.to_path_buf(),
+            dir.join("accounts"),
+            dir.join("certificates"),
+        ] {
             std::fs::create_dir_all(&d)
                 .map_err(|e| AcmeError::io(&d, "cannot create the ACME state directory", e))?;
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
@@ -248,7 +252,10 @@ mod tests {
 
         store.save_account("https://ca/dir", b"{}").unwrap();
         assert_eq!(mode(&dir.join("accounts/ca_dir.json")), 0o600);
-        assert_eq!(store.load_account("https://ca/dir").unwrap().unwrap(), b"{}");
+        assert_eq!(
+            store.load_account("https://ca/dir").unwrap().unwrap(),
+            b"{}"
+        );
 
         // no temporary files left behind
         let leftovers: Vec<_> = std::fs::read_dir(dir.join("certificates"))

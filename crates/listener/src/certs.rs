@@ -468,8 +468,14 @@ mod tests {
         for n in ["a.test", "b.test"] {
             assert!(Arc::ptr_eq(&m.lookup(Some(n)).unwrap().0, &renewed.key));
         }
-        assert!(Arc::ptr_eq(&m.lookup(None).unwrap().0, &renewed.key), "default follows");
-        assert!(Arc::ptr_eq(&m.lookup(Some("static.test")).unwrap().0, &stat.key));
+        assert!(
+            Arc::ptr_eq(&m.lookup(None).unwrap().0, &renewed.key),
+            "default follows"
+        );
+        assert!(Arc::ptr_eq(
+            &m.lookup(Some("static.test")).unwrap().0,
+            &stat.key
+        ));
     }
 
     #[test]

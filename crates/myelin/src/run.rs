@@ -14,6 +14,7 @@ use myelin_listener::{CertStore, ListenerSettings, Server};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
+use crate::acme::AcmeRuntime;
 use crate::app::{App, State};
 use crate::plan::{Plan, bind_set};
 
@@ -33,6 +34,7 @@ struct Running {
     server: Server<App>,
     app: Arc<App>,
     shutdown_timeout: Duration,
+    acme: AcmeRuntime,
 }
 
 #[derive(Clone)]
@@ -61,13 +63,16 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
         announce_embedded(&plan);
     }
     let store = Arc::new(CertStore::new(plan.certs.clone()));
+    let acme = AcmeRuntime::start(plan.acme.as_ref(), &store).context("ACME")?;
     let app = Arc::new(App {
         state: ArcSwap::from_pointee(State::from_plan(&plan)),
+        acme_tokens: acme.tokens.clone(),
     });
     let server = Server::new(app.clone(), store, plan.limits.clone()).context("TLS set-up")?;
     for l in plan.binds() {
         server.bind(&l).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    acme.spawn();
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -82,6 +87,7 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
         server,
         app,
         shutdown_timeout: plan.shutdown_timeout,
+        acme,
     };
     let signal_name = loop {
         tokio::select! {
@@ -152,7 +158,10 @@ impl Running {
             }
         }
 
-        self.server.store().swap(plan.certs.clone());
+        let certs = self
+            .acme
+            .reload(plan.acme.as_ref(), self.server.store(), plan.certs.clone());
+        self.server.store().swap(certs);
         self.app.state.store(Arc::new(State::from_plan(&plan)));
         self.server.set_limits(plan.limits.clone());
         self.shutdown_timeout = plan.shutdown_timeout;

@@ -60,7 +60,10 @@ impl ExecHook {
             Ok(Err(e)) => return Err(fail(format!("waiting for it: {e}"), String::new())),
             Err(_) => {
                 return Err(fail(
-                    format!("still running after {}s, killed", self.settings.timeout.as_secs()),
+                    format!(
+                        "still running after {}s, killed",
+                        self.settings.timeout.as_secs()
+                    ),
                     String::new(),
                 ));
             }
@@ -80,11 +83,19 @@ impl ExecHook {
 }
 
 impl DnsProvider for ExecHook {
-    fn present<'a>(&'a self, fqdn: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), AcmeError>> {
+    fn present<'a>(
+        &'a self,
+        fqdn: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), AcmeError>> {
         Box::pin(self.run("present", fqdn, value))
     }
 
-    fn cleanup<'a>(&'a self, fqdn: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), AcmeError>> {
+    fn cleanup<'a>(
+        &'a self,
+        fqdn: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), AcmeError>> {
         Box::pin(self.run("cleanup", fqdn, value))
     }
 }
@@ -107,7 +118,8 @@ mod tests {
 
     #[tokio::test]
     async fn passes_action_name_value_and_reports_stderr() {
-        let ok = hook(r#"[ "$1" = present ] && [ "$2" = "_acme-challenge.a.test." ] && [ "$3" = v ]"#);
+        let ok =
+            hook(r#"[ "$1" = present ] && [ "$2" = "_acme-challenge.a.test." ] && [ "$3" = v ]"#);
         ok.present("_acme-challenge.a.test.", "v").await.unwrap();
         let bad = hook("echo 'zone not found' >&2; exit 3");
         let err = bad.cleanup("x.", "v").await.unwrap_err().to_string();

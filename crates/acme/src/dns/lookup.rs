@@ -220,8 +220,7 @@ pub(crate) async fn txt_values(server: SocketAddr, name: &Name) -> Result<Vec<St
 /// The nameservers of `/etc/resolv.conf`, port 53.
 fn system_resolvers() -> Result<Vec<SocketAddr>, AcmeError> {
     let path = "/etc/resolv.conf";
-    let text =
-        std::fs::read_to_string(path).map_err(|e| AcmeError::io(path, "cannot read", e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| AcmeError::io(path, "cannot read", e))?;
     let found: Vec<SocketAddr> = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))

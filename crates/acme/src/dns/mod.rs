@@ -27,9 +27,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Publishes and removes TXT records. `fqdn` is absolute with a trailing dot
 /// (`_acme-challenge.example.com.`); `value` is the record's text.
 pub trait DnsProvider: Send + Sync {
-    fn present<'a>(&'a self, fqdn: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), AcmeError>>;
+    fn present<'a>(&'a self, fqdn: &'a str, value: &'a str)
+    -> BoxFuture<'a, Result<(), AcmeError>>;
     /// Removes this value only (a wildcard and its base name share one record name).
-    fn cleanup<'a>(&'a self, fqdn: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), AcmeError>>;
+    fn cleanup<'a>(&'a self, fqdn: &'a str, value: &'a str)
+    -> BoxFuture<'a, Result<(), AcmeError>>;
 }
 
 /// `[acme.dns]`

@@ -91,8 +91,13 @@ impl Rfc2136 {
     pub fn new(settings: Rfc2136Settings) -> Result<Self, AcmeError> {
         check_algorithm(&settings.algorithm).map_err(AcmeError::Dns)?;
         let algorithm = TsigAlgorithm::from_name(
-            Name::from_ascii(settings.algorithm.to_ascii_lowercase().trim_end_matches('.'))
-                .map_err(|e| AcmeError::Dns(format!("TSIG algorithm: {e}")))?,
+            Name::from_ascii(
+                settings
+                    .algorithm
+                    .to_ascii_lowercase()
+                    .trim_end_matches('.'),
+            )
+            .map_err(|e| AcmeError::Dns(format!("TSIG algorithm: {e}")))?,
         );
         let key_name = fqdn(&settings.key_name)?;
         let signer = TSigner::new(settings.secret.clone(), algorithm, key_name, TSIG_FUDGE)
@@ -161,11 +166,19 @@ impl Rfc2136 {
 }
 
 impl DnsProvider for Rfc2136 {
-    fn present<'a>(&'a self, fqdn: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), AcmeError>> {
+    fn present<'a>(
+        &'a self,
+        fqdn: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), AcmeError>> {
         Box::pin(self.update(true, fqdn, value))
     }
 
-    fn cleanup<'a>(&'a self, fqdn: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), AcmeError>> {
+    fn cleanup<'a>(
+        &'a self,
+        fqdn: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), AcmeError>> {
         Box::pin(self.update(false, fqdn, value))
     }
 }
@@ -226,8 +239,15 @@ mod tests {
         assert_eq!(read_tsig_secret(&block).unwrap(), b"secret");
         let bad = dir.join("bad");
         std::fs::write(&bad, "???").unwrap();
-        assert!(read_tsig_secret(&bad).unwrap_err().to_string().contains("no base64"));
-        let missing = read_tsig_secret(&dir.join("missing")).unwrap_err().to_string();
+        assert!(
+            read_tsig_secret(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("no base64")
+        );
+        let missing = read_tsig_secret(&dir.join("missing"))
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("cannot read the TSIG secret"), "{missing}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -236,6 +256,10 @@ mod tests {
     fn algorithms() {
         assert!(check_algorithm("hmac-sha256").is_ok());
         assert!(check_algorithm("HMAC-SHA512.").is_ok());
-        assert!(check_algorithm("hmac-md5").unwrap_err().contains("hmac-sha256"));
+        assert!(
+            check_algorithm("hmac-md5")
+                .unwrap_err()
+                .contains("hmac-sha256")
+        );
     }
 }
