@@ -107,10 +107,7 @@ impl Bind {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if zones
-                .iter()
-                .all(|z| !self.dig(&z.name, "SOA").is_empty())
-            {
+            if zones.iter().all(|z| !self.dig(&z.name, "SOA").is_empty()) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -17,8 +17,8 @@ pub mod pki;
 pub mod synapse;
 pub mod upstream;
 
-pub use crate::dirs::TestDir;
 pub use crate::bind::{Bind, Zone};
+pub use crate::dirs::TestDir;
 pub use crate::myelin::Myelin;
 pub use crate::pebble::{Pebble, PebbleConfig};
 pub use crate::pki::TestCa;

@@ -24,6 +24,8 @@ pub struct PebbleConfig {
     pub validity_secs: Option<u64>,
     /// The ACME port (chosen free when `None`; give the old one to restart "the same" CA).
     pub listen_port: Option<u16>,
+    /// Require external account binding with this key ID and base64url HMAC key.
+    pub external_account: Option<(String, String)>,
 }
 
 pub struct Pebble {
@@ -67,6 +69,14 @@ impl Pebble {
             .validity_secs
             .map(|v| format!(",\n    \"certificateValidityPeriod\": {v}"))
             .unwrap_or_default();
+        let eab_required = config.external_account.is_some();
+        let eab_keys = config
+            .external_account
+            .as_ref()
+            .map(|(kid, key)| {
+                format!(",\n    \"externalAccountMACKeys\": {{ \"{kid}\": \"{key}\" }}")
+            })
+            .unwrap_or_default();
         let json = format!(
             r#"{{
   "pebble": {{
@@ -77,7 +87,7 @@ impl Pebble {
     "httpPort": {http},
     "tlsPort": {tls},
     "ocspResponderURL": "",
-    "externalAccountBindingRequired": false{validity}
+    "externalAccountBindingRequired": {eab_required}{eab_keys}{validity}
   }}
 }}
 "#,
@@ -136,8 +146,11 @@ impl Pebble {
 
     /// The root that signs this run's certificates (new at every start).
     pub fn root_pem(&self) -> String {
-        self.curl(&format!("https://127.0.0.1:{}/roots/0", self.management_port))
-            .expect("pebble /roots/0")
+        self.curl(&format!(
+            "https://127.0.0.1:{}/roots/0",
+            self.management_port
+        ))
+        .expect("pebble /roots/0")
     }
 
     fn curl(&self, url: &str) -> Option<String> {

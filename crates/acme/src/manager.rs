@@ -336,7 +336,12 @@ impl Inner {
         let _lock = self.lock_state().await?;
         // Another Myelin sharing the state may have renewed while we waited for the lock.
         if let Some(s) = self.stored(req) {
-            let current = self.serving().get(&req.id).map(|c| c.cert.not_after);
+            // (a temporary certificate is replaced by any complete one, whatever its expiry)
+            let current = self
+                .serving()
+                .get(&req.id)
+                .filter(|c| c.complete)
+                .map(|c| c.cert.not_after);
             if s.complete && current.is_none_or(|c| s.cert.not_after > c) {
                 info!(certificate = %req.id, "another process stored a newer certificate; serving it");
                 self.install(req, s);

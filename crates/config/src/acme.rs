@@ -486,3 +486,98 @@ impl<T> MapValue<T> for Located<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::{AcmeChallenge, AcmeDnsProvider, parse};
+
+    const BASE: &str = "[[listener]]\nbind = \"127.0.0.1:443\"\n\n[[homeserver]]\nserver_name = \"example.com\"\nupstream = \"http://127.0.0.1:8008\"\n";
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text, Path::new("t.toml")) {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_issue_example_parses_with_defaults() {
+        let text = format!(
+            "{BASE}acme = true\nchallenge = \"dns-01\"\n\n[acme]\ndirectory = \"letsencrypt\"\nemail = \"admin@example.com\"\nstate_dir = \"/var/lib/myelin\"\nchallenge = \"tls-alpn-01\"\n\n[acme.dns]\nprovider = \"rfc2136\"\nnameserver = \"ns1.example.com:53\"\ntsig_key_name = \"acme-key\"\ntsig_algorithm = \"hmac-sha256\"\ntsig_secret_file = \"/etc/myelin/tsig.secret\"\npropagation_timeout = \"120s\"\n"
+        );
+        let c = parse(&text, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let a = c.acme.expect("[acme]");
+        assert_eq!(a.directory.value, "letsencrypt");
+        assert_eq!(a.challenge.value, AcmeChallenge::TlsAlpn01);
+        let dns = a.dns.expect("[acme.dns]");
+        assert_eq!(dns.authoritative_port, 53);
+        assert!(dns.resolvers.is_empty());
+        assert!(matches!(dns.provider, AcmeDnsProvider::Rfc2136 { .. }));
+        let h = &c.homeservers[0];
+        assert_eq!(
+            h.challenge.as_ref().map(|c| c.value),
+            Some(AcmeChallenge::Dns01)
+        );
+        assert_eq!(h.acme.as_ref().map(|a| a.value), Some(true));
+    }
+
+    #[test]
+    fn mistakes_are_named_with_their_key() {
+        let e = errors(&format!(
+            "{BASE}\n[acme]\nstate_dir = \"relative\"\nchallenge = \"http-02\"\nemail = \"nobody\"\neab_kid = \"k\"\n"
+        ));
+        let all = e.join("\n");
+        assert!(
+            all.contains("t.toml:9:13: acme.state_dir: expected an absolute path"),
+            "{all}"
+        );
+        assert!(
+            all.contains("acme.challenge: unknown challenge \"http-02\""),
+            "{all}"
+        );
+        assert!(all.contains("acme.email: invalid email address"), "{all}");
+        assert!(
+            all.contains("acme.eab_kid: eab_kid is set but eab_hmac_key_file is missing"),
+            "{all}"
+        );
+
+        let e = errors(&format!(
+            "{BASE}\n[acme]\n[acme.dns]\nprovider = \"rfc2136\"\nnameserver = \"ns1\"\n"
+        ))
+        .join("\n");
+        assert!(e.contains("missing required key \"tsig_key_name\""), "{e}");
+        assert!(e.contains("invalid nameserver \"ns1\""), "{e}");
+        let e = errors(&format!(
+            "{BASE}\n[acme]\n[acme.dns]\nprovider = \"exec\"\n"
+        ))
+        .join("\n");
+        assert!(e.contains("missing required key \"command\""), "{e}");
+        let e = errors(&format!("{BASE}\n[acme]\nbogus = 1\n")).join("\n");
+        assert!(e.contains("acme.bogus: unknown key \"bogus\""), "{e}");
+    }
+
+    #[test]
+    fn homeserver_keys_need_acme_and_dns01_needs_a_provider() {
+        let e = errors(&BASE.replace("upstream", "acme = true\nchallenge = \"dns-01\"\nupstream"))
+            .join("\n");
+        assert!(
+            e.contains("homeserver[0].acme: acme = true needs an [acme] section"),
+            "{e}"
+        );
+        assert!(
+            e.contains("homeserver[0].challenge: challenge is set but there is no [acme] section"),
+            "{e}"
+        );
+        let e = errors(&format!(
+            "{}\n[acme]\n",
+            BASE.replace("upstream", "challenge = \"dns-01\"\nupstream")
+        ))
+        .join("\n");
+        assert!(
+            e.contains("homeserver[0].challenge: dns-01 needs an [acme.dns] section"),
+            "{e}"
+        );
+    }
+}

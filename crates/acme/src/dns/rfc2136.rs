@@ -212,8 +212,16 @@ fn explain_rcode(code: ResponseCode, zone: &Name, s: &Rfc2136Settings) -> String
 
 fn explain_error(e: &str, s: &Rfc2136Settings) -> String {
     let lower = e.to_ascii_lowercase();
-    if lower.contains("tsig") || lower.contains("signature") || lower.contains("badsig") {
-        format!("{e}: {}", key_hint(s))
+    if ["tsig", "hmac", "signature", "badsig", "badkey"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        // A server that refuses our key answers unsigned (RFC 8945 5.2), which the client
+        // reports as a signature problem of the answer.
+        format!(
+            "the server rejected the TSIG signature (its answer is not signed with our key): {} (client: {e})",
+            key_hint(s)
+        )
     } else {
         e.to_string()
     }
