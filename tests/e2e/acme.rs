@@ -255,10 +255,7 @@ async fn acme_http01_issues_a_certificate_on_ipv4_and_ipv6() {
         .iter()
         .filter_map(|v| v["peer"].as_str())
         .collect();
-    assert!(
-        peers.contains(&"::1"),
-        "IPv6 validation: {challenges:#?}"
-    );
+    assert!(peers.contains(&"::1"), "IPv6 validation: {challenges:#?}");
     assert!(
         peers.iter().any(|p| p.starts_with("127.")),
         "IPv4 validation: {challenges:#?}"

@@ -350,6 +350,14 @@ impl Inner {
                 }
             }
         }
+        let result = self.order(req).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("myelin_acme_orders_total", "result" => outcome).increment(1);
+        result
+    }
+
+    /// Orders, stores and installs a certificate for `req` (the state lock is held).
+    async fn order(&self, req: &CertificateRequest) -> Result<(), AcmeError> {
         let account = self.account().await?;
         let replaces = self.replaces(req);
         info!(
@@ -365,10 +373,7 @@ impl Inner {
             &self.solvers,
             replaces,
         )
-        .await;
-        let result = if issued.is_ok() { "ok" } else { "error" };
-        metrics::counter!("myelin_acme_orders_total", "result" => result).increment(1);
-        let issued = issued?;
+        .await?;
         let pem = format!("{}{}", issued.chain_pem.trim_end(), "\n") + &issued.key_pem;
         let cert = LoadedCert::from_pem(pem.as_bytes(), pem.as_bytes(), &Self::origin(req))
             .map_err(|e| AcmeError::Certificate(format!("the CA's certificate: {e}")))?;
