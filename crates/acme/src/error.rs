@@ -94,6 +94,9 @@ pub enum AcmeError {
 
     #[error("TLS set-up for the CA's HTTPS: {0}")]
     Tls(String),
+
+    #[error("stopped")]
+    Stopped,
 }
 
 fn stderr_note(stderr: &str) -> String {

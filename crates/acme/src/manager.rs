@@ -124,6 +124,31 @@ impl AcmeManager {
         self.inner.cancel.cancel();
     }
 
+    /// Stops, giving an order in flight up to `timeout` to finish (so that its DNS records are
+    /// removed and its certificate stored); then abandons it.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.stop();
+        let tasks: Vec<JoinHandle<()>> = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            warn!("ACME: an order was still running at shutdown and was abandoned");
+            for a in aborts {
+                a.abort();
+            }
+        }
+    }
+
     pub fn settings(&self) -> &AcmeSettings {
         &self.inner.settings
     }
@@ -246,6 +271,7 @@ impl Inner {
             }
             match self.renew(&req).await {
                 Ok(()) => failures = 0,
+                Err(AcmeError::Stopped) => return,
                 Err(e) => {
                     failures += 1;
                     wait = backoff(
@@ -437,7 +463,10 @@ impl Inner {
                 info!(state = %self.disk.describe(), "another process is ordering with this ACME state; waiting for it");
                 told = true;
             }
-            tokio::time::sleep(LOCK_POLL).await;
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err(AcmeError::Stopped),
+                _ = tokio::time::sleep(LOCK_POLL) => {}
+            }
         }
     }
 

@@ -246,6 +246,13 @@ impl AcmeRuntime {
         }
     }
 
+    /// Stops ordering; an order in flight gets up to `timeout` to finish and clean up.
+    pub async fn shutdown(&self, timeout: std::time::Duration) {
+        if let Some(m) = &self.manager {
+            m.shutdown(timeout).await;
+        }
+    }
+
     /// The certificate map to serve after a reload: the configured certificates plus ACME's.
     /// A changed `[acme]` gets a new manager (the old one stops at its next wait).
     pub fn reload(

@@ -100,7 +100,10 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
         signal = signal_name,
         "shutting down: no new connections, finishing requests in flight"
     );
-    let report = running.server.shutdown(running.shutdown_timeout).await;
+    let (report, ()) = tokio::join!(
+        running.server.shutdown(running.shutdown_timeout),
+        running.acme.shutdown(running.shutdown_timeout)
+    );
     info!(
         abandoned = report.abandoned,
         took_ms = report.took.as_millis() as u64,
