@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+mod account;
 mod client;
 pub mod dns;
 mod error;

@@ -6,15 +6,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use instant_acme::{
-    Account, AccountCredentials, CertificateIdentifier, ExternalAccountKey, NewAccount,
-};
+use instant_acme::CertificateIdentifier;
 use myelin_listener::{CertStore, LoadedCert};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::client::{CaClient, RetryAfter};
+use crate::account::Accounts;
+use crate::client::RetryAfter;
 use crate::dns::Dns01;
 use crate::order::{self, Solvers};
 use crate::schedule::{ari_due, backoff, lifetime_due, seed_of};
@@ -38,7 +37,7 @@ struct Inner {
     disk: Arc<dyn CertificateStore>,
     solvers: Solvers,
     retry_after: RetryAfter,
-    account: tokio::sync::Mutex<Option<Account>>,
+    accounts: Accounts,
     /// Whether the CA offers ARI (learnt from the first renewalInfo request).
     ari: Mutex<Option<bool>>,
     /// One order at a time in this process (the file lock covers other processes).
@@ -87,6 +86,8 @@ impl AcmeManager {
             }
             (_, None) => None,
         };
+        let retry_after = RetryAfter::default();
+        let accounts = Accounts::new(settings.clone(), disk.clone(), retry_after.clone());
         let inner = Arc::new(Inner {
             solvers: Solvers {
                 store: store.clone(),
@@ -96,8 +97,8 @@ impl AcmeManager {
             settings,
             store,
             disk,
-            retry_after: RetryAfter::default(),
-            account: tokio::sync::Mutex::new(None),
+            retry_after,
+            accounts,
             ari: Mutex::new(None),
             ordering: tokio::sync::Mutex::new(()),
             serving: Mutex::new(HashMap::new()),
@@ -335,7 +336,7 @@ impl Inner {
         if *self.ari.lock().unwrap_or_else(|p| p.into_inner()) == Some(false) {
             return None;
         }
-        let account = self.existing_account().await?;
+        let account = self.accounts.existing().await?;
         let der = rustls_pki_types::CertificateDer::from(leaf.to_vec());
         let id = CertificateIdentifier::try_from(&der).ok()?;
         match account.renewal_info(&id).await {
@@ -384,7 +385,7 @@ impl Inner {
 
     /// Orders, stores and installs a certificate for `req` (the state lock is held).
     async fn order(&self, req: &CertificateRequest) -> Result<(), AcmeError> {
-        let account = self.account().await?;
+        let account = self.accounts.get_or_register().await?;
         let replaces = self.replaces(req);
         info!(
             certificate = %req.id,
@@ -468,95 +469,6 @@ impl Inner {
                 _ = tokio::time::sleep(LOCK_POLL) => {}
             }
         }
-    }
-
-    fn ca_client(&self) -> Result<Box<CaClient>, AcmeError> {
-        Ok(Box::new(CaClient::new(
-            self.settings.ca_roots.as_deref(),
-            self.retry_after.clone(),
-        )?))
-    }
-
-    fn ca_error(&self, action: &'static str) -> impl FnOnce(instant_acme::Error) -> AcmeError + '_ {
-        move |source| AcmeError::Ca {
-            directory: self.settings.directory_url.clone(),
-            action,
-            source,
-        }
-    }
-
-    /// The account, loaded from the state if there is one; `None` otherwise (never creates).
-    async fn existing_account(&self) -> Option<Account> {
-        let mut slot = self.account.lock().await;
-        if let Some(a) = slot.as_ref() {
-            return Some(a.clone());
-        }
-        let creds = self
-            .disk
-            .load_account(&self.settings.directory_url)
-            .ok()??;
-        let creds: AccountCredentials = serde_json::from_slice(&creds).ok()?;
-        let a = Account::builder_with_http(self.ca_client().ok()?)
-            .from_credentials(creds)
-            .await
-            .ok()?;
-        *slot = Some(a.clone());
-        Some(a)
-    }
-
-    /// The account: loaded from the state, or registered with the CA and stored.
-    async fn account(&self) -> Result<Account, AcmeError> {
-        let mut slot = self.account.lock().await;
-        if let Some(a) = slot.as_ref() {
-            return Ok(a.clone());
-        }
-        let dir = &self.settings.directory_url;
-        let account = match self.disk.load_account(dir)? {
-            Some(bytes) => {
-                let creds: AccountCredentials =
-                    serde_json::from_slice(&bytes).map_err(|e| AcmeError::BadFile {
-                        path: self.disk.describe().into(),
-                        reason: format!("the stored account for {dir} is unreadable: {e}"),
-                    })?;
-                Account::builder_with_http(self.ca_client()?)
-                    .from_credentials(creds)
-                    .await
-                    .map_err(self.ca_error("loading the account"))?
-            }
-            None => {
-                let contact: Vec<String> = self
-                    .settings
-                    .email
-                    .iter()
-                    .map(|e| format!("mailto:{e}"))
-                    .collect();
-                let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
-                let eab = self
-                    .settings
-                    .eab
-                    .as_ref()
-                    .map(|e| ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
-                let (account, creds) = Account::builder_with_http(self.ca_client()?)
-                    .create(
-                        &NewAccount {
-                            contact: &contact,
-                            terms_of_service_agreed: true,
-                            only_return_existing: false,
-                        },
-                        dir.clone(),
-                        eab.as_ref(),
-                    )
-                    .await
-                    .map_err(self.ca_error("registering the account"))?;
-                let bytes = serde_json::to_vec_pretty(&creds)
-                    .map_err(|e| AcmeError::Certificate(format!("account credentials: {e}")))?;
-                self.disk.save_account(dir, &bytes)?;
-                info!(directory = %dir, account = %account.id(), "ACME account registered");
-                account
-            }
-        };
-        *slot = Some(account.clone());
-        Ok(account)
     }
 }
 
