@@ -10,7 +10,7 @@ use instant_acme::{
     Order, OrderStatus, RetryPolicy,
 };
 use myelin_listener::CertStore;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::dns::Dns01;
 use crate::http01::Http01Tokens;
@@ -79,7 +79,10 @@ pub(crate) async fn obtain(
     let mut published = Vec::new();
     let result = match solve(&mut order, req, solvers, &mut published, &ca).await {
         Ok(()) => finish(&mut order, req, &ca).await,
-        Err(e) => Err(e),
+        Err(e) => {
+            deactivate_pending(&mut order).await;
+            Err(e)
+        }
     };
     withdraw(published, solvers).await;
     result
@@ -250,6 +253,19 @@ where
         chain_pem,
         key_pem: key.serialize_pem(),
     })
+}
+
+/// Gives up the authorizations still pending, so an abandoned order does not hold them at the
+/// CA (which limits pending authorizations per account). Best effort.
+async fn deactivate_pending(order: &mut Order) {
+    let mut authzs = order.authorizations();
+    while let Some(Ok(mut a)) = authzs.next().await {
+        if a.status == AuthorizationStatus::Pending {
+            if let Err(e) = a.deactivate().await {
+                debug!(authorization = %a.url(), error = %e, "could not deactivate the authorization");
+            }
+        }
+    }
 }
 
 /// Removes every published answer; failures are logged, never fatal.
