@@ -25,6 +25,7 @@ down IN A 127.0.0.1
 badkey IN A 127.0.0.1
 hook IN A 127.0.0.1
 hookfail IN A 127.0.0.1
+reload IN A 127.0.0.1
 v6 IN A 127.0.0.1
 v6 IN AAAA ::1
 ";
@@ -325,6 +326,23 @@ async fn acme_tls_alpn01_issues_a_certificate() {
         verified_leaf(&lab.root(), lab.tls_addr(), "alpn.example.test").await,
         leaf
     );
+    // a homeserver added by reload gets its certificate without a restart; the first one is
+    // taken from the state, not ordered again
+    let skip = m.logs().len();
+    let more = format!("{config}\n{}", homeserver("reload.example.test", &[], ""));
+    assert!(m.reload(Some(&more)));
+    obtained(&m, "reload.example.test", skip, Duration::from_secs(30));
+    verified_leaf(&lab.root(), lab.tls_addr(), "reload.example.test").await;
+    assert_eq!(
+        verified_leaf(&lab.root(), lab.tls_addr(), "alpn.example.test").await,
+        leaf
+    );
+    let orders = m
+        .logs()
+        .iter()
+        .filter(|v| message(v) == "order placed")
+        .count();
+    assert_eq!(orders, 2, "{}", m.log_text());
     no_errors(&m);
 }
 
