@@ -307,7 +307,9 @@ async fn bodies_stream_both_ways() {
         s.get_mut().write_all(b"\r\n").await.unwrap();
     }
     s.get_mut().write_all(b"0\r\n\r\n").await.unwrap();
-    let r = read_response(&mut s).await.unwrap();
+    let r = read_response(&mut s)
+        .await
+        .unwrap_or_else(|e| panic!("upload response: {e}\n{}", m.log_text()));
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = up.last();
     assert_eq!(seen.body_len, 32 << 20);

@@ -7,18 +7,22 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bind;
 pub mod client;
 pub mod dirs;
 pub mod myelin;
 pub mod named;
+pub mod pebble;
 pub mod peers;
 pub mod pki;
 pub mod services;
 pub mod synapse;
 pub mod upstream;
 
+pub use crate::bind::{Bind, Zone};
 pub use crate::dirs::TestDir;
 pub use crate::myelin::Myelin;
+pub use crate::pebble::{Pebble, PebbleConfig};
 pub use crate::pki::TestCa;
 
 /// The repository root (this crate lives in `<root>/tests`).

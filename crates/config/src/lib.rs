@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 mod document;
 pub mod error;
 pub mod model;
@@ -23,13 +24,21 @@ use ipnet::IpNet;
 use toml::Spanned;
 use toml::de::DeValue;
 
+pub use crate::acme::{Acme, AcmeCertificate, AcmeChallenge, AcmeDns, AcmeDnsProvider};
 use crate::document::Document;
 pub use crate::error::{ConfigError, ConfigErrors, Located, Location};
 pub use crate::model::*;
 use crate::raw::*;
 
 /// Keys allowed at the top of the file.
-const TOP_LEVEL_KEYS: &[&str] = &["listener", "certificate", "homeserver", "limits", "log"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listener",
+    "certificate",
+    "homeserver",
+    "limits",
+    "log",
+    "acme",
+];
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -56,6 +65,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
     let mut homeservers = Vec::new();
     let mut limits = Limits::default();
     let mut log = Log::default();
+    let mut acme_config = None;
 
     for (key, value) in root.get_ref().iter() {
         let name = key.get_ref().as_ref();
@@ -97,6 +107,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
                     log = convert_log(&mut doc, raw);
                 }
             }
+            "acme" => {
+                if let Some(raw) = table_block::<acme::RawAcme>(&mut doc, value, "acme") {
+                    acme_config = acme::convert(&mut doc, raw, value.span());
+                }
+            }
             other => doc.error(
                 Some(key.span()),
                 other,
@@ -109,6 +124,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
     }
 
     check_whole(&mut doc, &listeners, &homeservers);
+    acme::check(&mut doc, acme_config.as_ref(), &homeservers);
 
     if !doc.errors.is_empty() {
         doc.errors.sort_by_key(|e| e.at.map(|a| (a.line, a.column)));
@@ -121,6 +137,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
         homeservers,
         limits,
         log,
+        acme: acme_config,
     })
 }
 
@@ -314,6 +331,12 @@ fn homeserver(doc: &mut Document<'_>, raw: RawHomeserver, path: &str) -> Option<
     let pool_names = raw.upstreams.keys().map(|k| k.get_ref().clone()).collect();
     let upstreams = routing::pools(doc, raw.upstreams, path);
     let routes = routing::routes(doc, raw.route, &pool_names, path);
+    let acme = raw
+        .acme
+        .map(|a| doc.located_spanned(a, format!("{path}.acme")));
+    let challenge = raw
+        .challenge
+        .and_then(|c| acme::parse_challenge(doc, c, format!("{path}.challenge")));
     if doc.errors.len() > errors_before {
         return None;
     }
@@ -331,6 +354,8 @@ fn homeserver(doc: &mut Document<'_>, raw: RawHomeserver, path: &str) -> Option<
         well_known: well_known.unwrap_or_default(),
         upstreams,
         routes,
+        acme,
+        challenge,
     })
 }
 

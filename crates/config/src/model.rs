@@ -31,6 +31,8 @@ pub struct Config {
     pub homeservers: Vec<Homeserver>,
     pub limits: Limits,
     pub log: Log,
+    /// `[acme]`: certificates from an ACME CA.
+    pub acme: Option<crate::acme::Acme>,
 }
 
 /// `[[listener]]`: one socket.
@@ -79,6 +81,10 @@ pub struct Homeserver {
     /// Path prefixes forwarded upstream besides `/_matrix/` and `/_synapse/client/`.
     pub forward_prefixes: Vec<String>,
     pub well_known: WellKnown,
+    /// `acme = true/false`, as written (absent: true when `[acme]` exists).
+    pub acme: Option<Located<bool>>,
+    /// Per-homeserver ACME challenge.
+    pub challenge: Option<Located<crate::acme::AcmeChallenge>>,
     /// Named pools of servers besides `upstream` (Synapse workers), sorted by name.
     pub upstreams: Vec<UpstreamPool>,
     /// Ordered path rules; the first that matches picks the pool. Unmatched: `upstream`.

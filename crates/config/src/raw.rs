@@ -51,6 +51,10 @@ pub struct RawHomeserver {
     #[serde(default)]
     pub forward_prefixes: Vec<Spanned<String>>,
     pub well_known: Option<RawWellKnown>,
+    /// Certify this homeserver's names by ACME (default: true when `[acme]` exists).
+    pub acme: Option<Spanned<bool>>,
+    /// ACME challenge for this homeserver's names, overriding `[acme] challenge`.
+    pub challenge: Option<Spanned<String>>,
     /// `[homeserver.upstreams.NAME]`: named pools of servers (Synapse workers).
     #[serde(default)]
     pub upstreams: BTreeMap<Spanned<String>, Spanned<RawUpstreamPool>>,

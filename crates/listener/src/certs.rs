@@ -263,6 +263,27 @@ impl CertMap {
         self.certs.push(cert);
     }
 
+    /// Adds `cert`, taking over its names, in place of every earlier certificate with the same
+    /// origin (a renewal): those leave the list, and any name or default they still held.
+    pub fn supersede(&mut self, cert: LoadedCert) {
+        let old: Vec<Arc<CertifiedKey>> = self
+            .certs
+            .iter()
+            .filter(|c| c.origin == cert.origin)
+            .map(|c| c.key.clone())
+            .collect();
+        if !old.is_empty() {
+            let is_old = |k: &Arc<CertifiedKey>| old.iter().any(|o| Arc::ptr_eq(o, k));
+            self.certs.retain(|c| !is_old(&c.key));
+            self.exact.retain(|_, k| !is_old(k));
+            self.wildcard.retain(|_, k| !is_old(k));
+            if self.default.as_ref().is_some_and(is_old) {
+                self.default = Some(cert.key.clone());
+            }
+        }
+        self.insert(cert, true);
+    }
+
     /// Makes this certificate the one for no or unknown SNI.
     pub fn set_default(&mut self, cert: &LoadedCert) {
         self.default = Some(cert.key.clone());
@@ -429,6 +450,32 @@ mod tests {
         let (_, found) = m.lookup(None).unwrap();
         assert!(!found);
         assert!(w.covers("x.w.test") && !w.covers("w.test"));
+    }
+
+    #[test]
+    fn supersede_replaces_a_renewed_certificate() {
+        let stat = LoadedCert::self_signed(&names(&["static.test"])).unwrap();
+        let mut first = LoadedCert::self_signed(&names(&["a.test", "b.test"])).unwrap();
+        first.origin = "acme:a.test".into();
+        let mut renewed = LoadedCert::self_signed(&names(&["a.test", "b.test"])).unwrap();
+        renewed.origin = "acme:a.test".into();
+        let mut m = CertMap::new();
+        m.supersede(first.clone());
+        m.insert(stat.clone(), false);
+        assert!(Arc::ptr_eq(&m.lookup(None).unwrap().0, &first.key));
+        m.supersede(renewed.clone());
+        assert_eq!(m.certs().len(), 2, "the old one left the list");
+        for n in ["a.test", "b.test"] {
+            assert!(Arc::ptr_eq(&m.lookup(Some(n)).unwrap().0, &renewed.key));
+        }
+        assert!(
+            Arc::ptr_eq(&m.lookup(None).unwrap().0, &renewed.key),
+            "default follows"
+        );
+        assert!(Arc::ptr_eq(
+            &m.lookup(Some("static.test")).unwrap().0,
+            &stat.key
+        ));
     }
 
     #[test]

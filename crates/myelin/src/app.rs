@@ -39,6 +39,8 @@ impl State {
 /// The handler given to the listeners.
 pub struct App {
     pub state: ArcSwap<State>,
+    /// ACME HTTP-01 tokens, answered on every listener before anything else.
+    pub acme_tokens: myelin_acme::Http01Tokens,
 }
 
 impl Handler for App {
@@ -48,7 +50,8 @@ impl Handler for App {
     fn call(&self, req: Request<Incoming>, conn: &Arc<ConnInfo>) -> Self::Future {
         let state = self.state.load_full();
         let conn = conn.clone();
-        Box::pin(async move { handle(state, req, conn).await })
+        let acme = self.acme_tokens.answer(req.uri().path());
+        Box::pin(async move { handle(state, req, conn, acme).await })
     }
 }
 
@@ -56,6 +59,7 @@ async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
+    acme: Option<Option<String>>,
 ) -> Response<LoggedBody> {
     let started = Instant::now();
     let policy = state.policies.get(conn.listener.as_ref());
@@ -67,7 +71,10 @@ async fn handle(
         record.homeserver = Some(site.server_name.clone());
     }
 
-    let resp: Response<ProxyBody> = if !conn.tls {
+    let resp: Response<ProxyBody> = if let Some(key_authorization) = acme {
+        record.route = "acme_challenge";
+        crate::acme::http01_response(key_authorization)
+    } else if !conn.tls {
         record.route = "redirect";
         match (&site, &host) {
             (Some(_), Some(h)) => redirect(&req, h, policy.map_or(443, |p| p.https_port)),

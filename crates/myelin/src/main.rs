@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod acme;
 mod app;
 mod plan;
 mod routing;

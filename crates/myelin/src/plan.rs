@@ -41,6 +41,8 @@ pub struct Plan {
     pub limits: Limits,
     pub shutdown_timeout: std::time::Duration,
     pub access_log: bool,
+    /// `[acme]`: the certificates to keep from an ACME CA.
+    pub acme: Option<myelin_acme::AcmeSettings>,
     /// Things that work but are probably not what the admin wants.
     pub warnings: Vec<String>,
     pub summary: String,
@@ -95,7 +97,10 @@ impl Plan {
                 Ok((site, hosts)) => {
                     let site = Arc::new(site);
                     for host in hosts {
-                        if !certs.is_empty() && !certs.serves(&host) {
+                        if !certs.is_empty()
+                            && !certs.serves(&host)
+                            && !crate::acme::certifies(config, h)
+                        {
                             warnings.push(format!(
                                 "no [[certificate]] covers \"{host}\": clients asking for it get the default certificate and will refuse it"
                             ));
@@ -107,12 +112,16 @@ impl Plan {
                 Err(mut e) => errors.append(&mut e),
             }
         }
-        if config.certificates.is_empty() && config.listeners.iter().any(|l| l.tls) {
+        let acme = crate::acme::settings(file, config, &certs, &mut errors, &mut warnings);
+        if config.certificates.is_empty()
+            && config.acme.is_none()
+            && config.listeners.iter().any(|l| l.tls)
+        {
             errors.push(ConfigError {
                 file: file.to_path_buf(),
                 at: None,
                 key: "certificate".into(),
-                message: "a TLS [[listener]] needs at least one [[certificate]] (cert + key, or self_signed)".into(),
+                message: "a TLS [[listener]] needs at least one [[certificate]] (cert + key, or self_signed) or an [acme] section".into(),
             });
         }
 
@@ -138,8 +147,15 @@ impl Plan {
             })
             .collect::<Vec<_>>();
         let cert_names: usize = certs.certs().iter().map(|c| c.names.len()).sum();
+        let acme_summary = acme.as_ref().map_or(String::new(), |a| {
+            format!(
+                ", {} ACME certificate{}",
+                a.certificates.len(),
+                plural(a.certificates.len())
+            )
+        });
         let summary = format!(
-            "{} listener{}, {} certificate{} ({} name{}), {} homeserver{} ({})",
+            "{} listener{}, {} certificate{} ({} name{}){acme_summary}, {} homeserver{} ({})",
             listeners.len(),
             plural(listeners.len()),
             certs.certs().len(),
@@ -166,6 +182,7 @@ impl Plan {
             },
             shutdown_timeout: l.shutdown_timeout,
             access_log: config.log.access_log,
+            acme,
             warnings,
             summary,
         })

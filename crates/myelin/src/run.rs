@@ -14,6 +14,7 @@ use myelin_listener::{CertStore, ListenerSettings, Server};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
+use crate::acme::AcmeRuntime;
 use crate::app::{App, State};
 use crate::plan::{Plan, bind_set};
 
@@ -33,6 +34,7 @@ struct Running {
     server: Server<App>,
     app: Arc<App>,
     shutdown_timeout: Duration,
+    acme: AcmeRuntime,
 }
 
 #[derive(Clone)]
@@ -61,14 +63,17 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
         announce_embedded(&plan);
     }
     let store = Arc::new(CertStore::new(plan.certs.clone()));
+    let acme = AcmeRuntime::start(plan.acme.as_ref(), &store).context("ACME")?;
     let app = Arc::new(App {
         state: ArcSwap::from_pointee(State::from_plan(&plan)),
+        acme_tokens: acme.tokens.clone(),
     });
     plan.start_background();
     let server = Server::new(app.clone(), store, plan.limits.clone()).context("TLS set-up")?;
     for l in plan.binds() {
         server.bind(&l).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    acme.spawn();
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -83,6 +88,7 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
         server,
         app,
         shutdown_timeout: plan.shutdown_timeout,
+        acme,
     };
     // The running state holds what it needs; a reload must be able to drop the rest (routers
     // and their health checks).
@@ -98,7 +104,10 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
         signal = signal_name,
         "shutting down: no new connections, finishing requests in flight"
     );
-    let report = running.server.shutdown(running.shutdown_timeout).await;
+    let (report, ()) = tokio::join!(
+        running.server.shutdown(running.shutdown_timeout),
+        running.acme.shutdown(running.shutdown_timeout)
+    );
     info!(
         abandoned = report.abandoned,
         took_ms = report.took.as_millis() as u64,
@@ -156,7 +165,10 @@ impl Running {
             }
         }
 
-        self.server.store().swap(plan.certs.clone());
+        let certs = self
+            .acme
+            .reload(plan.acme.as_ref(), self.server.store(), plan.certs.clone());
+        self.server.store().swap(certs);
         plan.start_background();
         self.app.state.store(Arc::new(State::from_plan(&plan)));
         self.server.set_limits(plan.limits.clone());
