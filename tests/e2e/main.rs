@@ -8,3 +8,5 @@ mod foundation_cli;
 mod foundation_proxy;
 mod foundation_synapse;
 mod foundation_tls;
+mod ship_metrics;
+mod ship_notify;

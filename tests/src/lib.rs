@@ -10,8 +10,10 @@
 pub mod client;
 pub mod dirs;
 pub mod myelin;
+pub mod notify;
 pub mod peers;
 pub mod pki;
+pub mod prometheus;
 pub mod synapse;
 pub mod upstream;
 

@@ -31,6 +31,8 @@ pub struct Config {
     pub homeservers: Vec<Homeserver>,
     pub limits: Limits,
     pub log: Log,
+    /// `[metrics]`: absent, no metrics endpoint.
+    pub metrics: Option<Metrics>,
 }
 
 /// `[[listener]]`: one socket.
@@ -158,6 +160,13 @@ impl Default for Limits {
             shutdown_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// Plain HTTP, `GET /metrics` only; meant for loopback or a private address.
+    pub bind: Located<SocketAddr>,
 }
 
 /// `[log]`

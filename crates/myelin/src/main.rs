@@ -5,8 +5,10 @@
 
 mod access;
 mod app;
+mod metrics_endpoint;
 mod plan;
 mod run;
+mod service_manager;
 mod telemetry;
 
 use std::path::{Path, PathBuf};

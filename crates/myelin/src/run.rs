@@ -15,7 +15,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::app::{App, State};
+use crate::metrics_endpoint::{MetricsEndpoint, install_recorder};
 use crate::plan::{Plan, bind_set};
+use crate::service_manager;
 
 pub enum RunError {
     Config(ConfigErrors),
@@ -33,6 +35,7 @@ struct Running {
     server: Server<App>,
     app: Arc<App>,
     shutdown_timeout: Duration,
+    metrics: MetricsEndpoint,
 }
 
 #[derive(Clone)]
@@ -53,6 +56,7 @@ impl ConfigSource {
 }
 
 pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
+    let recorder = install_recorder().map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
     let plan = Plan::build(&config).map_err(RunError::Config)?;
     for w in &plan.warnings {
         warn!("{w}");
@@ -64,10 +68,13 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
     let app = Arc::new(App {
         state: ArcSwap::from_pointee(State::from_plan(&plan)),
     });
-    let server = Server::new(app.clone(), store, plan.limits.clone()).context("TLS set-up")?;
+    let server =
+        Server::new(app.clone(), store.clone(), plan.limits.clone()).context("TLS set-up")?;
     for l in plan.binds() {
         server.bind(&l).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    let mut metrics = MetricsEndpoint::new(recorder, store);
+    metrics.set(plan.metrics).map_err(|e| anyhow::anyhow!(e))?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -82,14 +89,21 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
         server,
         app,
         shutdown_timeout: plan.shutdown_timeout,
+        metrics,
     };
+    service_manager::ready(&format!("serving: {}", plan.summary));
     let signal_name = loop {
         tokio::select! {
-            _ = hup.recv() => running.reload(),
+            _ = hup.recv() => {
+                service_manager::reloading();
+                let status = running.reload();
+                service_manager::ready(&status);
+            }
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
         }
     };
+    service_manager::stopping();
     info!(
         signal = signal_name,
         "shutting down: no new connections, finishing requests in flight"
@@ -105,8 +119,8 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
 
 impl Running {
     /// Re-reads the configuration and certificates. A configuration with errors is refused as a
-    /// whole and the running one keeps serving.
-    fn reload(&mut self) {
+    /// whole and the running one keeps serving. Returns a status line for the service manager.
+    fn reload(&mut self) -> String {
         info!("SIGHUP: reloading configuration");
         let plan = match self.source.load().and_then(|c| Plan::build(&c)) {
             Ok(p) => p,
@@ -119,7 +133,7 @@ impl Running {
                     "reload refused: the configuration has errors; still serving the previous one"
                 );
                 reload_result("error");
-                return;
+                return REFUSED.into();
             }
         };
         for w in &plan.warnings {
@@ -147,9 +161,20 @@ impl Running {
                         "reload refused: a new listener cannot be bound; still serving the previous configuration"
                     );
                     reload_result("error");
-                    return;
+                    return REFUSED.into();
                 }
             }
+        }
+        if let Err(e) = self.metrics.set(plan.metrics) {
+            for a in added {
+                self.server.unbind(a);
+            }
+            error!("{e}");
+            error!(
+                "reload refused: the metrics endpoint cannot be bound; still serving the previous configuration"
+            );
+            reload_result("error");
+            return REFUSED.into();
         }
 
         self.server.store().swap(plan.certs.clone());
@@ -174,8 +199,12 @@ impl Running {
         }
         info!("reloaded: {}", plan.summary);
         reload_result("ok");
+        format!("serving: {}", plan.summary)
     }
 }
+
+const REFUSED: &str =
+    "serving the previous configuration: the last reload was refused (see the log)";
 
 fn reload_result(result: &'static str) {
     metrics::counter!("myelin_config_reloads_total", "result" => result).increment(1);
