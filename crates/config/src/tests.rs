@@ -372,3 +372,26 @@ fn an_empty_server_name_says_what_to_write() {
         errs[0]
     );
 }
+
+/// The file the packages install: refused until server_name is set, valid after that.
+#[test]
+fn packaged_config_needs_only_a_server_name() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/myelin.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let errs = match parse(&text, &path) {
+        Ok(_) => panic!("the packaged config must be refused until server_name is set"),
+        Err(e) => e.0,
+    };
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key, "homeserver[0].server_name");
+
+    let edited = text.replace("server_name = \"\"", "server_name = \"example.org\"");
+    assert_ne!(edited, text);
+    let c = parse(&edited, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listeners.len(), 6);
+    assert_eq!(c.listeners.iter().filter(|l| !l.tls).count(), 2);
+    assert_eq!(
+        c.metrics.map(|m| m.bind.value),
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+}
