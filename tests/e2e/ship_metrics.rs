@@ -291,6 +291,46 @@ async fn metrics_move_with_real_requests_and_follow_certificates_across_reloads(
     );
     assert_eq!(expiry(&s3), expiry(&s2));
 
+    // A [metrics] bind that cannot be bound refuses the whole reload: a listener the same
+    // reload added is closed again, and the endpoint stays where it was.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra_port = free_port();
+    let blocked = with_metrics(
+        format!(
+            "{}\n[[listener]]\nbind = \"127.0.0.1:{extra_port}\"\n",
+            config_with_cert(&cert, &key, &up.url(), "", "")
+        ),
+        &taken.local_addr().unwrap().to_string(),
+    );
+    assert!(!m.reload(Some(&blocked)));
+    assert!(
+        m.wait_log(Duration::from_secs(5), |v| v["message"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(
+                "reload refused: the metrics endpoint cannot be bound"
+            )))
+        .is_some(),
+        "{}",
+        m.log_text()
+    );
+    let extra = format!("127.0.0.1:{extra_port}");
+    assert!(
+        m.logs()
+            .iter()
+            .any(|v| v["message"] == "listening" && v["bind"] == extra.as_str()),
+        "the reload bound its new listener before it tried the metrics address"
+    );
+    assert!(
+        wait_refused(SocketAddr::from(([127, 0, 0, 1], extra_port))).await,
+        "the listener added by the refused reload is still open"
+    );
+    let s3b = scrape(metrics).await;
+    assert_eq!(
+        s3b.value("myelin_config_reloads_total", &[("result", "error")]),
+        2.0
+    );
+    drop(taken);
+
     // A new [metrics] bind moves the endpoint; the old socket closes.
     let port = free_port();
     let moved = with_metrics(

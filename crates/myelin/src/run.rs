@@ -152,29 +152,11 @@ impl Running {
         for s in wanted.values().filter(|s| !current.contains_key(&s.bind)) {
             match self.server.bind(s) {
                 Ok(_) => added.push(s.bind),
-                Err(e) => {
-                    for a in added {
-                        self.server.unbind(a);
-                    }
-                    error!("{e}");
-                    error!(
-                        "reload refused: a new listener cannot be bound; still serving the previous configuration"
-                    );
-                    reload_result("error");
-                    return REFUSED.into();
-                }
+                Err(e) => return self.refuse_bind(&added, &e, "a new listener"),
             }
         }
         if let Err(e) = self.metrics.set(plan.metrics) {
-            for a in added {
-                self.server.unbind(a);
-            }
-            error!("{e}");
-            error!(
-                "reload refused: the metrics endpoint cannot be bound; still serving the previous configuration"
-            );
-            reload_result("error");
-            return REFUSED.into();
+            return self.refuse_bind(&added, &e, "the metrics endpoint");
         }
 
         self.server.store().swap(plan.certs.clone());
@@ -200,6 +182,19 @@ impl Running {
         info!("reloaded: {}", plan.summary);
         reload_result("ok");
         format!("serving: {}", plan.summary)
+    }
+}
+
+impl Running {
+    /// Undoes the binds of a reload that cannot complete; returns the status line.
+    fn refuse_bind(&self, added: &[SocketAddr], e: &dyn std::fmt::Display, what: &str) -> String {
+        for a in added {
+            self.server.unbind(*a);
+        }
+        error!("{e}");
+        error!("reload refused: {what} cannot be bound; still serving the previous configuration");
+        reload_result("error");
+        REFUSED.into()
     }
 }
 
