@@ -179,7 +179,11 @@ async fn metrics_move_with_real_requests_and_follow_certificates_across_reloads(
     assert!(!r.text().contains(REQUESTS), "{}", r.text());
 
     let hs = ("homeserver", "example.test");
-    let s1 = scrape_until(metrics, "8 requests", |s| s.sum(REQUESTS, &[hs]) >= 8.0).await;
+    // The duration is recorded just after the count: wait for both.
+    let s1 = scrape_until(metrics, "8 requests", |s| {
+        s.sum("myelin_request_duration_seconds_count", &[hs]) >= 8.0
+    })
+    .await;
     assert_eq!(
         s1.value(
             REQUESTS,

@@ -128,11 +128,11 @@ impl Running {
                 for e in errors.iter() {
                     error!("{e}");
                 }
+                reload_result("error");
                 error!(
                     errors = errors.len(),
                     "reload refused: the configuration has errors; still serving the previous one"
                 );
-                reload_result("error");
                 return REFUSED.into();
             }
         };
@@ -179,8 +179,8 @@ impl Running {
                 Some(_) => {}
             }
         }
-        info!("reloaded: {}", plan.summary);
         reload_result("ok");
+        info!("reloaded: {}", plan.summary);
         format!("serving: {}", plan.summary)
     }
 }
@@ -192,8 +192,8 @@ impl Running {
             self.server.unbind(*a);
         }
         error!("{e}");
-        error!("reload refused: {what} cannot be bound; still serving the previous configuration");
         reload_result("error");
+        error!("reload refused: {what} cannot be bound; still serving the previous configuration");
         REFUSED.into()
     }
 }
@@ -201,6 +201,7 @@ impl Running {
 const REFUSED: &str =
     "serving the previous configuration: the last reload was refused (see the log)";
 
+/// Counted before the outcome is logged, so whoever reads the log sees the count too.
 fn reload_result(result: &'static str) {
     metrics::counter!("myelin_config_reloads_total", "result" => result).increment(1);
 }
