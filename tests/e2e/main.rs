@@ -11,3 +11,5 @@ mod foundation_synapse;
 mod foundation_tls;
 mod routing;
 mod routing_synapse;
+mod ship_metrics;
+mod ship_notify;

@@ -124,6 +124,33 @@ impl Myelin {
         *self.listeners.values().next().expect("one listener")
     }
 
+    /// Where the `[metrics]` endpoint listens now (the latest "metrics endpoint listening" event;
+    /// waits up to 10 s for it).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .logs()
+                .iter()
+                .rev()
+                .filter(|v| {
+                    v["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("metrics endpoint listening"))
+                })
+                .find_map(|v| v["local"].as_str()?.parse().ok());
+            if let Some(a) = found {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no metrics endpoint is listening:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn logs(&self) -> Vec<Value> {
         self.logs.lock().unwrap().clone()
     }

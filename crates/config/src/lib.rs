@@ -38,6 +38,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "limits",
     "log",
     "acme",
+    "metrics",
 ];
 
 /// Reads and validates the configuration file at `path`.
@@ -66,6 +67,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
     let mut limits = Limits::default();
     let mut log = Log::default();
     let mut acme_config = None;
+    let mut metrics = None;
 
     for (key, value) in root.get_ref().iter() {
         let name = key.get_ref().as_ref();
@@ -112,6 +114,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
                     acme_config = acme::convert(&mut doc, raw, value.span());
                 }
             }
+            "metrics" => {
+                if let Some(raw) = table_block::<RawMetrics>(&mut doc, value, "metrics") {
+                    metrics = convert_metrics(&mut doc, raw);
+                }
+            }
             other => doc.error(
                 Some(key.span()),
                 other,
@@ -125,6 +132,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
 
     check_whole(&mut doc, &listeners, &homeservers);
     acme::check(&mut doc, acme_config.as_ref(), &homeservers);
+    if let Some(m) = &metrics {
+        check_metrics_bind(&mut doc, m, &listeners);
+    }
 
     if !doc.errors.is_empty() {
         doc.errors.sort_by_key(|e| e.at.map(|a| (a.line, a.column)));
@@ -138,6 +148,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
         limits,
         log,
         acme: acme_config,
+        metrics,
     })
 }
 
@@ -287,7 +298,9 @@ fn homeserver(doc: &mut Document<'_>, raw: RawHomeserver, path: &str) -> Option<
             file: doc.file.to_path_buf(),
             at: Some(at),
             key: server_name.key.clone(),
-            message: "must not be empty: set it to your Matrix server name, e.g. \"example.com\""
+            message: "is not set: write your Matrix server name here (the part after \":\" in \
+                      user IDs such as @alice:example.com), e.g. server_name = \"example.com\", \
+                      then run \"myelin check-config\" again"
                 .into(),
         });
     }
@@ -563,6 +576,43 @@ fn convert_log(doc: &mut Document<'_>, raw: RawLog) -> Log {
         format,
         level: raw.level.map_or(d.level, |l| l.into_inner()),
         access_log: raw.access_log.unwrap_or(d.access_log),
+    }
+}
+
+fn convert_metrics(doc: &mut Document<'_>, raw: RawMetrics) -> Option<Metrics> {
+    let span = raw.bind.span();
+    match parse_bind(raw.bind.get_ref()) {
+        Ok(a) => Some(Metrics {
+            bind: doc.located(span, "metrics.bind", a),
+        }),
+        Err(msg) => {
+            doc.error(Some(span), "metrics.bind", msg);
+            None
+        }
+    }
+}
+
+/// The metrics endpoint gets a socket of its own: it must not be one of the public listeners.
+fn check_metrics_bind(doc: &mut Document<'_>, metrics: &Metrics, listeners: &[Listener]) {
+    let bind = metrics.bind.value;
+    // Port 0 means "any free port": two of those never collide.
+    if bind.port() == 0 {
+        return;
+    }
+    let clash = listeners.iter().find(|l| {
+        let other = l.bind.value;
+        other.port() == bind.port()
+            && (other.ip() == bind.ip()
+                || other.ip().is_unspecified()
+                || bind.ip().is_unspecified())
+            && other.is_ipv4() == bind.is_ipv4()
+    });
+    if let Some(l) = clash {
+        let msg = format!(
+            "the metrics endpoint {bind} would share a port with the [[listener]] {} at line {}: give it a port of its own, e.g. \"127.0.0.1:9464\"",
+            l.bind.value, l.bind.at.line
+        );
+        doc.errors.push(metrics.bind.error(doc.file, msg));
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Config {
     pub log: Log,
     /// `[acme]`: certificates from an ACME CA.
     pub acme: Option<crate::acme::Acme>,
+    /// `[metrics]`: absent, no metrics endpoint.
+    pub metrics: Option<Metrics>,
 }
 
 /// `[[listener]]`: one socket.
@@ -235,6 +237,13 @@ impl Default for Limits {
             shutdown_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// Plain HTTP, `GET /metrics` only; meant for loopback or a private address.
+    pub bind: Located<SocketAddr>,
 }
 
 /// `[log]`

@@ -141,6 +141,14 @@ pub struct RawLog {
     pub access_log: Option<bool>,
 }
 
+/// `[metrics]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Where Prometheus scrapes `/metrics`: its own listener, never a public one.
+    pub bind: Spanned<String>,
+}
+
 fn yes() -> bool {
     true
 }

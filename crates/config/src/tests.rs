@@ -49,6 +49,10 @@ fn example_config_parses() {
             .is_some_and(|m| m.value.contains_key("org.matrix.msc4143.rtc_foci"))
     );
     assert_eq!(wk.support.as_ref().map(|s| s.value.contacts.len()), Some(1));
+    assert_eq!(
+        c.metrics.map(|m| m.bind.value),
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
 }
 
 #[test]
@@ -512,5 +516,90 @@ fn nested_tables_report_every_bad_key_with_its_path() {
             "homeserver[0].route[0].mthods"
         ],
         "{errs:#?}"
+    );
+}
+
+#[test]
+fn metrics_endpoint() {
+    let c = parse_ok(MINIMAL);
+    assert!(c.metrics.is_none(), "no [metrics]: no endpoint");
+
+    let c = parse_ok(&format!(
+        "{MINIMAL}\n[metrics]\nbind = \"127.0.0.1:9464\"\n"
+    ));
+    let m = c.metrics.expect("[metrics] parsed");
+    assert_eq!(m.bind.value, "127.0.0.1:9464".parse().unwrap());
+    assert_eq!(m.bind.key, "metrics.bind");
+
+    let errs = parse_err(&format!(
+        "{MINIMAL}\n[metrics]\nbind = \"localhost\"\nport = 1\n"
+    ));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!(errs[0].key, "metrics.bind");
+    assert!(errs[0].message.contains("expected IP:port"), "{}", errs[0]);
+    assert_eq!(errs[1].key, "metrics.port");
+    assert!(
+        errs[1].message.contains("unknown key \"port\""),
+        "{}",
+        errs[1]
+    );
+}
+
+#[test]
+fn metrics_endpoint_needs_a_port_of_its_own() {
+    // same address as a listener, or the listener's wildcard address on the same port
+    for bind in ["127.0.0.1:8443", "0.0.0.0:8443"] {
+        let errs = parse_err(&format!("{MINIMAL}\n[metrics]\nbind = \"{bind}\"\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "metrics.bind");
+        assert!(
+            errs[0]
+                .message
+                .contains("share a port with the [[listener]] 127.0.0.1:8443 at line 3"),
+            "{}",
+            errs[0]
+        );
+    }
+    // another port, another address family, or "any free port" are fine
+    for bind in ["127.0.0.1:9464", "[::1]:8443", "127.0.0.1:0"] {
+        parse_ok(&format!("{MINIMAL}\n[metrics]\nbind = \"{bind}\"\n"));
+    }
+}
+
+#[test]
+fn an_empty_server_name_says_what_to_write() {
+    let errs = parse_err(&MINIMAL.replace("\"example.com\"", "\"\""));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key, "homeserver[0].server_name");
+    assert!(
+        errs[0]
+            .message
+            .contains("write your Matrix server name here")
+            && errs[0].message.contains("server_name = \"example.com\""),
+        "{}",
+        errs[0]
+    );
+}
+
+/// The file the packages install: refused until server_name is set, valid after that.
+#[test]
+fn packaged_config_needs_only_a_server_name() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/myelin.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let errs = match parse(&text, &path) {
+        Ok(_) => panic!("the packaged config must be refused until server_name is set"),
+        Err(e) => e.0,
+    };
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key, "homeserver[0].server_name");
+
+    let edited = text.replace("server_name = \"\"", "server_name = \"example.org\"");
+    assert_ne!(edited, text);
+    let c = parse(&edited, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listeners.len(), 6);
+    assert_eq!(c.listeners.iter().filter(|l| !l.tls).count(), 2);
+    assert_eq!(
+        c.metrics.map(|m| m.bind.value),
+        Some("127.0.0.1:9464".parse().unwrap())
     );
 }

@@ -6,9 +6,11 @@
 mod access;
 mod acme;
 mod app;
+mod metrics_endpoint;
 mod plan;
 mod routing;
 mod run;
+mod service_manager;
 mod telemetry;
 
 use std::path::{Path, PathBuf};

@@ -43,6 +43,8 @@ pub struct Plan {
     pub access_log: bool,
     /// `[acme]`: the certificates to keep from an ACME CA.
     pub acme: Option<myelin_acme::AcmeSettings>,
+    /// Where `/metrics` is served (`[metrics] bind`), if anywhere.
+    pub metrics: Option<SocketAddr>,
     /// Things that work but are probably not what the admin wants.
     pub warnings: Vec<String>,
     pub summary: String,
@@ -166,6 +168,12 @@ impl Plan {
             plural(names.len()),
             names.join(", ")
         );
+        let metrics = config.metrics.as_ref().map(|m| m.bind.value);
+        if let Some(bind) = metrics.filter(|b| b.ip().is_unspecified()) {
+            warnings.push(format!(
+                "[metrics] bind = \"{bind}\" serves the metrics on every address of this machine: bind them to 127.0.0.1 or a private address"
+            ));
+        }
         let l = &config.limits;
         Ok(Plan {
             certs,
@@ -183,6 +191,7 @@ impl Plan {
             shutdown_timeout: l.shutdown_timeout,
             access_log: config.log.access_log,
             acme,
+            metrics,
             warnings,
             summary,
         })

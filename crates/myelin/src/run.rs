@@ -16,7 +16,9 @@ use tracing::{error, info, warn};
 
 use crate::acme::AcmeRuntime;
 use crate::app::{App, State};
+use crate::metrics_endpoint::{MetricsEndpoint, install_recorder};
 use crate::plan::{Plan, bind_set};
+use crate::service_manager;
 
 pub enum RunError {
     Config(ConfigErrors),
@@ -35,6 +37,7 @@ struct Running {
     app: Arc<App>,
     shutdown_timeout: Duration,
     acme: AcmeRuntime,
+    metrics: MetricsEndpoint,
 }
 
 #[derive(Clone)]
@@ -55,6 +58,7 @@ impl ConfigSource {
 }
 
 pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
+    let recorder = install_recorder().map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
     let plan = Plan::build(&config).map_err(RunError::Config)?;
     for w in &plan.warnings {
         warn!("{w}");
@@ -69,10 +73,13 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
         acme_tokens: acme.tokens.clone(),
     });
     plan.start_background();
-    let server = Server::new(app.clone(), store, plan.limits.clone()).context("TLS set-up")?;
+    let server =
+        Server::new(app.clone(), store.clone(), plan.limits.clone()).context("TLS set-up")?;
     for l in plan.binds() {
         server.bind(&l).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    let mut metrics = MetricsEndpoint::new(recorder, store);
+    metrics.set(plan.metrics).map_err(|e| anyhow::anyhow!(e))?;
     acme.spawn();
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -89,17 +96,24 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
         app,
         shutdown_timeout: plan.shutdown_timeout,
         acme,
+        metrics,
     };
+    service_manager::ready(&format!("serving: {}", plan.summary));
     // The running state holds what it needs; a reload must be able to drop the rest (routers
     // and their health checks).
     drop(plan);
     let signal_name = loop {
         tokio::select! {
-            _ = hup.recv() => running.reload(),
+            _ = hup.recv() => {
+                service_manager::reloading();
+                let status = running.reload();
+                service_manager::ready(&status);
+            }
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
         }
     };
+    service_manager::stopping();
     info!(
         signal = signal_name,
         "shutting down: no new connections, finishing requests in flight"
@@ -118,8 +132,8 @@ pub async fn run(config: Config, embedded: bool) -> Result<(), RunError> {
 
 impl Running {
     /// Re-reads the configuration and certificates. A configuration with errors is refused as a
-    /// whole and the running one keeps serving.
-    fn reload(&mut self) {
+    /// whole and the running one keeps serving. Returns a status line for the service manager.
+    fn reload(&mut self) -> String {
         info!("SIGHUP: reloading configuration");
         let plan = match self.source.load().and_then(|c| Plan::build(&c)) {
             Ok(p) => p,
@@ -127,12 +141,12 @@ impl Running {
                 for e in errors.iter() {
                     error!("{e}");
                 }
+                reload_result("error");
                 error!(
                     errors = errors.len(),
                     "reload refused: the configuration has errors; still serving the previous one"
                 );
-                reload_result("error");
-                return;
+                return REFUSED.into();
             }
         };
         for w in &plan.warnings {
@@ -151,18 +165,11 @@ impl Running {
         for s in wanted.values().filter(|s| !current.contains_key(&s.bind)) {
             match self.server.bind(s) {
                 Ok(_) => added.push(s.bind),
-                Err(e) => {
-                    for a in added {
-                        self.server.unbind(a);
-                    }
-                    error!("{e}");
-                    error!(
-                        "reload refused: a new listener cannot be bound; still serving the previous configuration"
-                    );
-                    reload_result("error");
-                    return;
-                }
+                Err(e) => return self.refuse_bind(&added, &e, "a new listener"),
             }
+        }
+        if let Err(e) = self.metrics.set(plan.metrics) {
+            return self.refuse_bind(&added, &e, "the metrics endpoint");
         }
 
         let certs = self
@@ -189,11 +196,29 @@ impl Running {
                 Some(_) => {}
             }
         }
-        info!("reloaded: {}", plan.summary);
         reload_result("ok");
+        info!("reloaded: {}", plan.summary);
+        format!("serving: {}", plan.summary)
     }
 }
 
+impl Running {
+    /// Undoes the binds of a reload that cannot complete; returns the status line.
+    fn refuse_bind(&self, added: &[SocketAddr], e: &dyn std::fmt::Display, what: &str) -> String {
+        for a in added {
+            self.server.unbind(*a);
+        }
+        error!("{e}");
+        reload_result("error");
+        error!("reload refused: {what} cannot be bound; still serving the previous configuration");
+        REFUSED.into()
+    }
+}
+
+const REFUSED: &str =
+    "serving the previous configuration: the last reload was refused (see the log)";
+
+/// Counted before the outcome is logged, so whoever reads the log sees the count too.
 fn reload_result(result: &'static str) {
     metrics::counter!("myelin_config_reloads_total", "result" => result).increment(1);
 }
