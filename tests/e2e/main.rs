@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod check;
 mod common;
 mod foundation_cli;
 mod foundation_proxy;

@@ -9,7 +9,9 @@
 
 pub mod client;
 pub mod dirs;
+pub mod dns_zone;
 pub mod myelin;
+pub mod netns;
 pub mod peers;
 pub mod pki;
 pub mod synapse;
