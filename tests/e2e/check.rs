@@ -122,7 +122,14 @@ impl World {
     /// Myelin inside the namespace: TLS listeners on `binds`, one certificate from the test CA
     /// for `cert_names`, and `homeserver` as the [[homeserver]] block.
     fn myelin(&mut self, binds: &[&str], cert_names: &[&str], homeserver: &str) {
-        let (cert, key) = self.ca.write_leaf(&self.dir, "server", cert_names);
+        self.myelin_days(binds, cert_names, 90, homeserver);
+    }
+
+    /// Like [`World::myelin`], with a certificate valid for `days` more days.
+    fn myelin_days(&mut self, binds: &[&str], cert_names: &[&str], days: u64, homeserver: &str) {
+        let leaf = self.ca.leaf_valid(cert_names, days);
+        let cert = self.dir.write("server.pem", &leaf.cert_pem);
+        let key = self.dir.write("server.key", &leaf.key_pem);
         let mut config = String::new();
         for b in binds {
             config.push_str(&format!("[[listener]]\nbind = \"{b}\"\n\n"));
@@ -369,6 +376,7 @@ fn check_well_known_with_port_passes_every_step() {
     // the readable report says the same, with marks
     let (code, text) = w.run_check(&["wk-port.check.test", "--resolver", &format!("{DNS_IP}:53")]);
     assert_eq!(code, 0, "{text}");
+    eprintln!("{text}");
     for line in [
         "✔ https://wk-port.check.test/.well-known/matrix/server delegates to \"hs.wk-port.check.test:443\"",
         "  127.0.1.2:443",
@@ -489,9 +497,11 @@ fn check_legacy_matrix_tcp_only_works_with_a_deprecation_warning() {
         return;
     };
     let upstream = w.synapse("legacy.check.test");
-    w.myelin(
+    // and a certificate that runs out in a week
+    w.myelin_days(
         &["127.0.4.2:8448"],
         &["legacy.check.test"],
+        7,
         &format!("server_name = \"legacy.check.test\"\nupstream = \"{upstream}\"\n"),
     );
     let (code, report) = w.check("legacy.check.test");
@@ -526,7 +536,14 @@ fn check_legacy_matrix_tcp_only_works_with_a_deprecation_warning() {
         "127.0.4.2:8448",
         "legacy.check.test",
     );
-    assert!(report["warnings"].as_u64().unwrap() >= 1);
+    let expiry = assert_step(
+        &report,
+        "certificate_expiry",
+        "warn",
+        &["expires in 6 days"],
+    );
+    assert_eq!(expiry["target"], "127.0.4.2:8448");
+    assert!(report["warnings"].as_u64().unwrap() >= 2);
 }
 
 #[test]

@@ -126,7 +126,12 @@ async fn client_well_known(ctx: &Ctx, host: &str, steps: &mut Vec<Step>) -> Opti
     };
     steps
         .push(Step::ok(c, check, format!("{url} names the homeserver {base}")).target(url.clone()));
-    steps.push(cors_step(&fetched, "client_cors", &url));
+    steps.push(cors_step(
+        &fetched,
+        "client_cors",
+        &url,
+        "the client well-known",
+    ));
     preflight(ctx, &url, steps).await;
     if let Some(is) = identity_server(&resp.body) {
         identity(ctx, &is, steps).await;
@@ -163,7 +168,10 @@ async fn not_published(ctx: &Ctx, host: &str, why: &str, steps: &mut Vec<Step>) 
             ),
         )
     };
-    steps.push(step.fix(fix));
+    steps.push(
+        step.fix(fix)
+            .target(format!("https://{host}{}", myelin_well_known::CLIENT_PATH)),
+    );
 }
 
 fn parse_client(body: &[u8]) -> Result<String, String> {
@@ -203,24 +211,27 @@ fn identity_server(body: &[u8]) -> Option<String> {
 }
 
 /// `Access-Control-Allow-Origin` on a GET answer.
-fn cors_step(fetched: &Fetched, check: &'static str, url: &str) -> Step {
+/// `what` names the document, e.g. "the client well-known".
+fn cors_step(fetched: &Fetched, check: &'static str, url: &str, what: &str) -> Step {
     let c = Section::Client;
     match fetched.response.header(&header::ACCESS_CONTROL_ALLOW_ORIGIN) {
-        Some("*") => Step::ok(c, check, "CORS: Access-Control-Allow-Origin: *").target(url),
+        Some("*") => {
+            Step::ok(c, check, format!("CORS on {what}: Access-Control-Allow-Origin: *")).target(url)
+        }
         Some(o) if o == ORIGIN => {
-            Step::ok(c, check, format!("CORS: Access-Control-Allow-Origin: {o}")).target(url)
+            Step::ok(c, check, format!("CORS on {what}: Access-Control-Allow-Origin: {o}")).target(url)
         }
         Some(o) => Step::fail(
             c,
             check,
-            format!("CORS: Access-Control-Allow-Origin is \"{o}\", so web clients on other sites cannot read the answer"),
+            format!("CORS on {what}: Access-Control-Allow-Origin is \"{o}\", so web clients on other sites cannot read it"),
         )
         .fix(CORS_FIX)
         .target(url),
         None => Step::fail(
             c,
             check,
-            "CORS: no Access-Control-Allow-Origin header, so web clients (Element Web) cannot read the answer and report the homeserver as invalid",
+            format!("CORS on {what}: no Access-Control-Allow-Origin header, so web clients (Element Web) cannot read it and report the homeserver as invalid"),
         )
         .fix(CORS_FIX)
         .target(url),
@@ -330,7 +341,7 @@ async fn versions(ctx: &Ctx, base: &str, steps: &mut Vec<Step>) {
                     )
                     .target(url.clone()),
                 );
-                steps.push(cors_step(&f, "client_versions_cors", &url));
+                steps.push(cors_step(&f, "client_versions_cors", &url, "base_url"));
             }
             None => steps.push(
                 Step::fail(
@@ -500,79 +511,94 @@ fn check_support(body: &[u8]) -> Result<String, String> {
 
 /// Client and server discovery must lead to the same homeserver.
 async fn agreement(ctx: &Ctx, base: &str, server_name: &str, route: &Route, steps: &mut Vec<Step>) {
-    let a = Section::Agreement;
     let url = format!("{base}{KEYS_PATH}");
+    let keys = ctx
+        .http
+        .fetch_url(&ctx.dns, &url, Method::GET, &[], MAX_BODY, 5, &ctx.budget)
+        .await
+        .ok()
+        .filter(|f| f.response.status.as_u16() == 200)
+        .map(|f| f.response.body);
+    let mut fed_hosts: Vec<String> = vec![route.tls_name.to_string()];
+    for t in &route.targets {
+        if !fed_hosts.contains(&t.host) {
+            fed_hosts.push(t.host.clone());
+        }
+    }
+    steps.push(agreement_step(
+        base,
+        server_name,
+        keys.as_deref(),
+        &fed_hosts,
+    ));
+}
+
+/// Judges agreement from what `base_url` answered on the key endpoint (the homeserver names
+/// itself there) or, failing that, from the hosts: `fed_hosts[0]` is the certificate name.
+fn agreement_step(
+    base: &str,
+    server_name: &str,
+    keys_answer: Option<&[u8]>,
+    fed_hosts: &[String],
+) -> Step {
+    let a = Section::Agreement;
+    let check = "well_known_agreement";
+    let named = keys_answer
+        .and_then(|body| serde_json::from_slice::<Value>(body).ok())
+        .and_then(|v| {
+            v.get("server_name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+    match named {
+        Some(n) if n == server_name => {
+            return Step::ok(
+                a,
+                check,
+                format!(
+                    "the client base_url {base} is the homeserver of {server_name}, as federation is"
+                ),
+            );
+        }
+        Some(n) => {
+            return Step::warn(
+                a,
+                check,
+                format!(
+                    "the client and server well-known disagree: base_url {base} is the homeserver of \"{n}\", not of {server_name}"
+                ),
+            )
+            .fix(format!(
+                "set m.homeserver.base_url to the URL of the homeserver of {server_name}"
+            ));
+        }
+        None => {}
+    }
     let base_host = url::Url::parse(base)
         .ok()
         .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
         .unwrap_or_default();
-    if let Ok(f) = ctx
-        .http
-        .fetch_url(&ctx.dns, &url, Method::GET, &[], MAX_BODY, 5, &ctx.budget)
-        .await
-    {
-        let named = serde_json::from_slice::<Value>(&f.response.body)
-            .ok()
-            .and_then(|v| {
-                v.get("server_name")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            });
-        match named {
-            Some(n) if n == server_name => {
-                steps.push(Step::ok(
-                    a,
-                    "well_known_agreement",
-                    format!("the client base_url {base} is the homeserver of {server_name}, as federation is"),
-                ));
-                return;
-            }
-            Some(n) => {
-                steps.push(
-                    Step::warn(
-                        a,
-                        "well_known_agreement",
-                        format!(
-                            "the client and server well-known disagree: base_url {base} is the homeserver of \"{n}\", but this is {server_name}"
-                        ),
-                    )
-                    .fix(format!("set m.homeserver.base_url to the URL of the homeserver of {server_name}")),
-                );
-                return;
-            }
-            None => {}
-        }
-    }
-    let fed_host = match &route.tls_name {
-        crate::tls::TlsName::Dns(d) => d.clone(),
-        crate::tls::TlsName::Ip(ip) => ip.to_string(),
-    };
-    let fed_hosts: Vec<&str> = route
-        .targets
-        .iter()
-        .map(|t| t.host.as_str())
-        .chain([fed_host.as_str()])
-        .collect();
-    if fed_hosts.iter().any(|h| h.eq_ignore_ascii_case(&base_host)) {
-        steps.push(Step::ok(
+    let base_host = base_host.trim_start_matches('[').trim_end_matches(']');
+    let fed_host = fed_hosts.first().map_or("", String::as_str);
+    if fed_hosts.iter().any(|h| h.eq_ignore_ascii_case(base_host)) {
+        Step::ok(
             a,
-            "well_known_agreement",
+            check,
             format!(
                 "clients ({base_host}) and other servers ({fed_host}) are sent to the same host"
             ),
-        ));
+        )
     } else {
-        steps.push(
-            Step::warn(
-                a,
-                "well_known_agreement",
-                format!(
-                    "the client and server well-known disagree: clients go to {base_host}, other servers to {}; {base_host} does not serve {KEYS_PATH}, so the check cannot tell whether it is the same homeserver",
-                    fed_hosts.join(", ")
-                ),
-            )
-            .fix("if both reach the same homeserver this is fine; otherwise make base_url and m.server name the same host"),
-        );
+        Step::warn(
+            a,
+            check,
+            format!(
+                "the client and server well-known disagree: clients go to {base_host}, other servers to {}; \
+                 {base_host} does not serve {KEYS_PATH}, so the check cannot tell whether it is the same homeserver",
+                fed_hosts.join(", ")
+            ),
+        )
+        .fix("if both reach the same homeserver this is fine; otherwise make base_url and m.server name the same host")
     }
 }
 
@@ -583,5 +609,117 @@ fn fetch_fix(e: &FetchError, host: &str) -> String {
         }
         FetchError::Tls { .. } => format!("serve HTTPS (TLS) on {host}:443"),
         _ => format!("make https://{host} reachable"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_documents() {
+        assert_eq!(
+            parse_client(br#"{"m.homeserver":{"base_url":"https://matrix.example.test/"}}"#)
+                .unwrap(),
+            "https://matrix.example.test/"
+        );
+        for (body, reason) in [
+            (&b"<html>"[..], "not JSON"),
+            (b"{}", "no m.homeserver.base_url"),
+            (br#"{"m.homeserver":{"base_url":7}}"#, "not a string"),
+            (
+                br#"{"m.homeserver":{"base_url":"matrix.example.test"}}"#,
+                "not a URL",
+            ),
+            (
+                br#"{"m.homeserver":{"base_url":"ftp://matrix.example.test"}}"#,
+                "not an http(s) URL",
+            ),
+        ] {
+            let e = parse_client(body).unwrap_err();
+            assert!(e.contains(reason), "{e}");
+        }
+        assert_eq!(
+            identity_server(br#"{"m.identity_server":{"base_url":"https://id.example"}}"#),
+            Some("https://id.example".into())
+        );
+        assert_eq!(
+            identity_server(br#"{"m.identity_server":{}}"#),
+            Some(String::new())
+        );
+        assert_eq!(identity_server(b"{}"), None);
+    }
+
+    #[test]
+    fn support_documents() {
+        assert_eq!(
+            check_support(br#"{"contacts":[{"role":"m.role.admin","matrix_id":"@a:b.c"}],"support_page":"https://b.c/help"}"#).unwrap(),
+            "1 contact, support page https://b.c/help"
+        );
+        assert!(
+            check_support(b"{}")
+                .unwrap_err()
+                .contains("neither contacts nor support_page")
+        );
+        assert!(
+            check_support(br#"{"contacts":[{"matrix_id":"@a:b.c"}]}"#)
+                .unwrap_err()
+                .contains("no role")
+        );
+        assert!(
+            check_support(br#"{"contacts":[{"role":"m.role.admin"}]}"#)
+                .unwrap_err()
+                .contains("neither matrix_id")
+        );
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            versions_list(br#"{"versions":["r0.6.1","v1.1"]}"#).unwrap(),
+            ["r0.6.1", "v1.1"]
+        );
+        assert!(versions_list(br#"{"versions":[]}"#).is_none());
+        assert!(versions_list(b"nope").is_none());
+    }
+
+    #[test]
+    fn agreement_of_client_and_server_discovery() {
+        let hosts = vec![
+            "hs.example.test".to_string(),
+            "fed.example.test".to_string(),
+        ];
+        let same = agreement_step(
+            "https://x.example.test",
+            "example.test",
+            Some(br#"{"server_name":"example.test"}"#),
+            &hosts,
+        );
+        assert_eq!(same.status, Status::Ok);
+        let other = agreement_step(
+            "https://x.example.test",
+            "example.test",
+            Some(br#"{"server_name":"other.test"}"#),
+            &hosts,
+        );
+        assert_eq!(other.status, Status::Warn);
+        assert!(
+            other
+                .message
+                .contains("homeserver of \"other.test\", not of example.test"),
+            "{}",
+            other.message
+        );
+        // without an answer from base_url: by host
+        let by_host = agreement_step("https://HS.example.test:443", "example.test", None, &hosts);
+        assert_eq!(by_host.status, Status::Ok, "{}", by_host.message);
+        let apart = agreement_step(
+            "https://chat.example.test",
+            "example.test",
+            Some(b"<html>"),
+            &hosts,
+        );
+        assert_eq!(apart.status, Status::Warn);
+        assert!(apart.message.contains("clients go to chat.example.test, other servers to hs.example.test, fed.example.test"), "{}", apart.message);
     }
 }

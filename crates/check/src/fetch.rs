@@ -3,8 +3,9 @@
 //! connection, caps the body, and bounds every stage in time. HTTP/1.1, as Synapse speaks to
 //! other servers.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -169,11 +170,19 @@ pub struct UrlError {
 pub struct Http {
     trust: Trust,
     pub timeouts: Timeouts,
+    /// Addresses whose TCP connection timed out: later requests fail at once instead of
+    /// spending the connect timeout again (a firewall that drops packets would otherwise
+    /// cost it once per document).
+    silent: Arc<Mutex<HashSet<SocketAddr>>>,
 }
 
 impl Http {
     pub fn new(trust: Trust, timeouts: Timeouts) -> Http {
-        Http { trust, timeouts }
+        Http {
+            trust,
+            timeouts,
+            silent: Arc::default(),
+        }
     }
 
     /// One request on a new connection to `ep`. With TLS, the request is only sent when the
@@ -191,8 +200,18 @@ impl Http {
         let connect_for = budget
             .limit(self.timeouts.connect)
             .ok_or(FetchError::OutOfTime)?;
+        if self.silent.lock().is_ok_and(|s| s.contains(&addr)) {
+            return Err(FetchError::Timeout {
+                addr,
+                stage: "TCP connection",
+                after: self.timeouts.connect,
+            });
+        }
         let tcp = match tokio::time::timeout(connect_for, TcpStream::connect(addr)).await {
             Err(_) => {
+                if let Ok(mut s) = self.silent.lock() {
+                    s.insert(addr);
+                }
                 return Err(FetchError::Timeout {
                     addr,
                     stage: "TCP connection",

@@ -162,9 +162,17 @@ pub async fn check_server(server_name: &str, opts: &Options) -> Result<Report, C
     };
     let client = client::check(&ctx, &sn, server_name, route.as_ref(), &mut steps).await;
     if ctx.budget.exhausted() {
+        // Blame the part that did not finish: federation, unless it already had its answer.
+        let federation_done = resolution
+            .as_ref()
+            .is_some_and(|r| r.targets.iter().any(|t| t.working.is_some()));
         steps.push(
             Step::fail(
-                Section::Federation,
+                if federation_done {
+                    Section::Client
+                } else {
+                    Section::Federation
+                },
                 "deadline",
                 format!(
                     "the check did not finish within {} s; later steps were skipped",

@@ -396,7 +396,8 @@ fn rule_federation_certificate(facts: &Facts<'_>, h: &Homeserver<'_>) -> Vec<Ste
             .fix(match h.mode {
                 Mode::NoWellKnown => format!(
                     "add a [[certificate]] for {name} on this machine (with ACME: the dns-01 challenge, since {name} may not point here), \
-                     or delegate with well_known.server = \"<a host served here>:443\""
+                     or delegate: {}",
+                    delegation_fix(facts, h)
                 ),
                 _ => format!("add a [[certificate]] whose names include {name}"),
             }),
@@ -482,8 +483,8 @@ fn rule_federation_port(facts: &Facts<'_>, h: &Homeserver<'_>) -> Vec<Step> {
                 ),
             )
             .fix(format!(
-                "publish the SRV record, add a [[listener]] on 8448, or delegate with well_known.server = \"{}:443\"",
-                h.name.host
+                "publish the SRV record, add a [[listener]] on 8448, or delegate: {}",
+                delegation_fix(facts, h)
             )),
         ],
     }
@@ -573,6 +574,23 @@ fn rule_well_known_cache(_: &Facts<'_>, h: &Homeserver<'_>) -> Vec<Step> {
         )
         .fix("set cache_max_age between \"5m\" and \"48h\" (default \"24h\")"),
     ]
+}
+
+/// How to delegate by well-known instead: to one of the homeserver's hosts that has a
+/// certificate here, else to the server name itself, on 443.
+fn delegation_fix(facts: &Facts<'_>, h: &Homeserver<'_>) -> String {
+    let n = &h.name.host;
+    let to =
+        h.hs.hosts
+            .iter()
+            .filter_map(|host| ServerName::parse(host).ok())
+            .map(|sn| sn.host)
+            .find(|host| facts.cert_for(&TlsName::for_host(host)).is_some())
+            .unwrap_or_else(|| n.clone());
+    format!(
+        "publish {{\"m.server\": \"{to}:443\"}} at https://{n}/.well-known/matrix/server \
+         (Myelin does with well_known.server = \"{to}:443\" when {n} points here)"
+    )
 }
 
 /// What is wrong with the certificate served for `name`: `None` when it is fine; a failure
