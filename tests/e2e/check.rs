@@ -52,10 +52,25 @@ fn zone() -> Zone {
         .record("fed.wrong-cert A 127.0.6.2")
         // 7. no well-known, no SRV, nothing on 8448 (the homeserver answers on 443, unannounced)
         .record("nothing A 127.0.7.1")
+        // 8. the SRV target accepts connections and then says nothing
+        .record("silent A 127.0.8.1")
+        .record("_matrix-fed._tcp.silent SRV 10 5 443 fed.silent.check.test.")
+        .record("fed.silent A 127.0.8.2")
+}
+
+/// A child process killed when the test ends.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// One scenario's world. Fields drop in order: processes first, the namespace last.
 struct World {
+    others: Vec<Kill>,
     myelin: Option<Myelin>,
     synapse: Option<Synapse>,
     bind: Bind,
@@ -91,6 +106,7 @@ impl World {
         let ca = TestCa::new();
         let ca_path = ca.write_ca(&dir);
         Some(World {
+            others: Vec::new(),
             myelin: None,
             synapse: None,
             bind,
@@ -156,9 +172,11 @@ impl World {
         cmd.arg("check")
             .args(args)
             .arg("--ca-file")
-            .arg(&self.ca_path)
-            .args(["--timeout", "30"])
-            .stdin(Stdio::null())
+            .arg(&self.ca_path);
+        if !args.contains(&"--timeout") {
+            cmd.args(["--timeout", "30"]);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let (code, out, err) = run_bounded(cmd, Duration::from_secs(60));
@@ -821,4 +839,70 @@ fn check_config_judges_each_delegation_and_certificate_plan() {
     // a broken configuration is a configuration error (64), as with check-config
     let (code, _) = run("broken.toml", "[[listener]]\nbind = 443\n", true, false);
     assert_eq!(code, 64);
+}
+
+#[test]
+fn check_a_server_that_accepts_but_never_answers_is_bounded() {
+    let Some(mut w) = World::new("silent", false) else {
+        return;
+    };
+    if !require("python3", myelin_e2e::peers::has_program("python3")) {
+        return;
+    }
+    // accepts TCP on the SRV target, then neither reads nor writes
+    let listener =
+        w.ns.command("python3")
+            .args([
+                "-c",
+                "import socket,time\n\
+             s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('127.0.8.2', 443)); s.listen(16); print('ready', flush=True)\n\
+             conns=[]\n\
+             while True: conns.append(s.accept())",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start python3");
+    let mut listener = Kill(listener);
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(listener.0.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    w.others.push(listener);
+
+    let started = Instant::now();
+    let (code, report) = w.check("silent.check.test");
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{report:#}");
+    let tls = assert_step(
+        &report,
+        "tls_handshake",
+        "fail",
+        &["127.0.8.2:443 did not complete the TLS handshake within 5 s"],
+    );
+    assert_eq!(tls["target"], "127.0.8.2:443");
+    // one TLS timeout (5 s) for the JSON run and one for the text run, and little else
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+
+    // the whole check's budget cuts the handshake short and says so
+    let started = Instant::now();
+    let (code, out) = w.run_check(&[
+        "silent.check.test",
+        "--resolver",
+        &format!("{DNS_IP}:53"),
+        "--json",
+        "--timeout",
+        "2",
+    ]);
+    let took = started.elapsed();
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(code, 1, "{report:#}");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert_step(&report, "tls_handshake", "fail", &["within 2 s"]);
+    assert_step(&report, "deadline", "fail", &["did not finish within 2 s"]);
 }

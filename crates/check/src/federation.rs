@@ -287,6 +287,13 @@ fn connection_failure(route: &Route, e: &FetchError) -> Step {
         FetchError::Tls { .. } => Step::fail(f, "tls_handshake", e.describe()).fix(
             "make sure this address speaks TLS (HTTPS), not plain HTTP, and offers TLS 1.2 or 1.3",
         ),
+        FetchError::Timeout {
+            stage: "TLS handshake",
+            ..
+        } => Step::fail(f, "tls_handshake", e.describe()).fix(
+            "something accepts connections here but does not answer TLS: check the service on \
+             this port (a stalled process, or a firewall that lets the connection in but not the data)",
+        ),
         FetchError::OutOfTime => Step::fail(f, "connect", e.describe()),
         _ => Step::fail(f, "server_keys", e.describe())
             .fix("make sure requests to /_matrix/ reach the homeserver"),
