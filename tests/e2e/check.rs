@@ -52,6 +52,12 @@ fn zone() -> Zone {
         .record("fed.wrong-cert A 127.0.6.2")
         // 7. no well-known, no SRV, nothing on 8448 (the homeserver answers on 443, unannounced)
         .record("nothing A 127.0.7.1")
+        // 9. the well-known served by another web server (Caddy): a redirect, text/plain, no
+        //    caching header; and one larger than the 50 KiB other servers read
+        .record("redirect A 127.0.9.1")
+        .record("www.redirect A 127.0.9.2")
+        .record("hs.redirect A 127.0.9.3")
+        .record("big A 127.0.9.4")
         // 8. the SRV target accepts connections and then says nothing
         .record("silent A 127.0.8.1")
         .record("_matrix-fed._tcp.silent SRV 10 5 443 fed.silent.check.test.")
@@ -677,7 +683,7 @@ fn check_nothing_on_8448_fails_and_points_at_443() {
         "fail",
         &[
             "nothing answers on 127.0.7.1:8448 (connection refused)",
-            "neither a /.well-known/matrix/server nor an SRV record",
+            "has no valid /.well-known/matrix/server and no SRV record",
         ],
     );
     assert!(
@@ -905,4 +911,130 @@ fn check_a_server_that_accepts_but_never_answers_is_bounded() {
     assert!(took < Duration::from_secs(4), "took {took:?}");
     assert_step(&report, "tls_handshake", "fail", &["within 2 s"]);
     assert_step(&report, "deadline", "fail", &["did not finish within 2 s"]);
+}
+
+#[test]
+fn check_reads_the_well_known_as_homeservers_do_redirects_any_content_type_50_kib() {
+    let Some(mut w) = World::new("wk-caddy", false) else {
+        return;
+    };
+    if !require("Caddy", myelin_e2e::peers::has_program("caddy")) {
+        return;
+    }
+    let leaf = w.ca.leaf(&[
+        "redirect.check.test",
+        "www.redirect.check.test",
+        "big.check.test",
+    ]);
+    let cert = w.dir.write("caddy.pem", &leaf.cert_pem);
+    let key = w.dir.write("caddy.key", &leaf.key_pem);
+    // 60 KiB of valid JSON: over the limit
+    let padding = "x".repeat(60 * 1024);
+    w.dir.write(
+        "big/.well-known/matrix/server",
+        format!("{{\"m.server\": \"hs.big.check.test:443\", \"padding\": \"{padding}\"}}"),
+    );
+    let d = w.dir.path().display().to_string();
+    let caddyfile = format!(
+        "{{\n\tadmin off\n\tauto_https disable_redirects\n\tskip_install_trust\n\tstorage file_system {d}/caddy-data\n}}\n\
+         https://redirect.check.test {{\n\tbind 127.0.9.1\n\ttls {c} {k}\n\tredir https://www.redirect.check.test{{uri}} 301\n}}\n\
+         https://www.redirect.check.test {{\n\tbind 127.0.9.2\n\ttls {c} {k}\n\theader Content-Type \"text/plain; charset=utf-8\"\n\t\
+         respond /.well-known/matrix/server `{{\"m.server\": \"hs.redirect.check.test:8443\"}}` 200\n}}\n\
+         https://big.check.test {{\n\tbind 127.0.9.4\n\ttls {c} {k}\n\troot * {d}/big\n\tfile_server\n}}\n",
+        c = cert.display(),
+        k = key.display()
+    );
+    let config = w.dir.write("Caddyfile", caddyfile);
+    let caddy =
+        w.ns.command("caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&config)
+            .env("HOME", w.dir.path())
+            .env("XDG_DATA_HOME", w.dir.join("xdg-data"))
+            .env("XDG_CONFIG_HOME", w.dir.join("xdg-config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(w.dir.join("caddy.log"))
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            )
+            .spawn()
+            .expect("start caddy");
+    let mut caddy = Kill(caddy);
+    let ca = w.ca_path.display().to_string();
+    let up = myelin_e2e::wait_until(Duration::from_secs(20), || {
+        matches!(caddy.0.try_wait(), Ok(Some(_)))
+            || w.ns
+                .command("curl")
+                .args(["-sf", "--max-time", "2", "--cacert", &ca])
+                .args(["--resolve", "big.check.test:443:127.0.9.4"])
+                .arg("https://big.check.test/.well-known/matrix/server")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    });
+    let exited = matches!(caddy.0.try_wait(), Ok(Some(_)));
+    w.others.push(caddy);
+    assert!(
+        up && !exited,
+        "caddy did not start:\n{}",
+        std::fs::read_to_string(w.dir.join("caddy.log")).unwrap_or_default()
+    );
+
+    // redirected, served as text/plain, no Cache-Control: still a delegation, kept 24 h
+    let (code, report) = w.check("redirect.check.test");
+    assert_step(
+        &report,
+        "well_known_server",
+        "ok",
+        &[
+            "redirected to https://www.redirect.check.test/.well-known/matrix/server",
+            "delegates to \"hs.redirect.check.test:8443\"",
+        ],
+    );
+    assert_step(
+        &report,
+        "well_known_cache",
+        "info",
+        &[
+            "no Cache-Control or Expires header",
+            "24 hours (their default)",
+        ],
+    );
+    assert_eq!(report["resolution"]["method"], "well_known", "{report:#}");
+    assert_eq!(report["resolution"]["targets"][0]["port"], 8443);
+    // nothing serves the delegated name here: the check says where it looked
+    assert_eq!(code, 1, "{report:#}");
+    assert_step(
+        &report,
+        "connect",
+        "fail",
+        &[
+            "nothing answers on 127.0.9.3:8443",
+            "the well-known points here",
+        ],
+    );
+
+    // over 50 KiB: other servers ignore it and fall back to SRV, then 8448
+    let (code, report) = w.check("big.check.test");
+    assert_eq!(code, 1, "{report:#}");
+    assert_step(
+        &report,
+        "well_known_server",
+        "warn",
+        &[
+            "other servers ignore",
+            "larger than 50 KiB",
+            "fall back to SRV",
+        ],
+    );
+    assert_eq!(report["resolution"]["method"], "default_port", "{report:#}");
+    assert_step(
+        &report,
+        "port_8448",
+        "fail",
+        &["big.check.test has no valid /.well-known/matrix/server and no SRV record"],
+    );
 }

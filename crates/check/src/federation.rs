@@ -255,7 +255,7 @@ fn connection_failure(route: &Route, e: &FetchError) -> Step {
                 RouteKind::DefaultPort { delegated: false } => (
                     "port_8448",
                     format!(
-                        "; other servers use port 8448 because {host} publishes neither a /.well-known/matrix/server nor an SRV record"
+                        "; other servers use port 8448 because {host} has no valid /.well-known/matrix/server and no SRV record"
                     ),
                 ),
                 RouteKind::DefaultPort { delegated: true } => (
