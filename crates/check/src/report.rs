@@ -184,12 +184,13 @@ impl Report {
         self.steps.iter().filter(move |s| s.check == check)
     }
 
-    /// The exit code `myelin check` uses: 0 federation and clients work, 1 federation fails,
-    /// 2 federation works but clients fail.
+    /// The exit code `myelin check` uses: 0 federation works (and clients, or no client
+    /// discovery is published), 1 federation fails, 3 federation works but client discovery is
+    /// broken. (2 is left to the argument parser, which uses it for usage errors.)
     pub fn exit_code(&self) -> u8 {
         match (self.federation, self.client) {
             (FederationVerdict::Fails, _) => 1,
-            (FederationVerdict::Works, ClientVerdict::Fails) => 2,
+            (FederationVerdict::Works, ClientVerdict::Fails) => 3,
             _ => 0,
         }
     }
@@ -214,4 +215,34 @@ pub struct PlanReport {
     pub works: bool,
     pub homeservers: Vec<HomeserverPlan>,
     pub warnings: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(federation: FederationVerdict, client: ClientVerdict) -> Report {
+        Report {
+            schema: SCHEMA,
+            server_name: "example.test".into(),
+            federation,
+            client,
+            resolution: None,
+            reason: None,
+            steps: Vec::new(),
+            warnings: 0,
+            duration_ms: 0,
+        }
+    }
+
+    #[test]
+    fn exit_codes() {
+        use ClientVerdict as C;
+        use FederationVerdict as F;
+        assert_eq!(report(F::Works, C::Works).exit_code(), 0);
+        assert_eq!(report(F::Works, C::NotPublished).exit_code(), 0);
+        assert_eq!(report(F::Works, C::Fails).exit_code(), 3);
+        assert_eq!(report(F::Fails, C::Works).exit_code(), 1);
+        assert_eq!(report(F::Fails, C::Fails).exit_code(), 1);
+    }
 }

@@ -60,7 +60,7 @@ enum Command {
         path: PathBuf,
     },
     /// Check that other servers and clients can reach a Matrix server name, step by step as a
-    /// homeserver resolves it (exit 0: works; 1: federation fails; 2: clients fail), or with
+    /// homeserver resolves it (exit 0: works; 1: federation fails; 3: clients fail), or with
     /// --config, whether a configuration's delegation and certificate plan can work.
     Check(check_cmd::CheckArgs),
 }
