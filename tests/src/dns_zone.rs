@@ -4,11 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use crate::peers::has_program;
-use crate::{TestDir, wait_until};
+use crate::{TestDir, wait_until, wrapped_command};
 
 /// A zone file: SOA and NS are written for you; add records in zone-file syntax, relative
 /// names to the origin.
@@ -95,7 +95,7 @@ impl Bind {
         std::fs::write(&conf_path, conf).expect("write named.conf");
 
         let named = crate::peers::which("named").expect("named is installed");
-        let mut cmd = prefixed(wrapper, &named.display().to_string());
+        let mut cmd = wrapped_command(wrapper, &named);
         // -g: foreground, log to stderr; -n 1: one worker (the machine is shared)
         cmd.args(["-g", "-n", "1", "-c"])
             .arg(&conf_path)
@@ -129,7 +129,7 @@ impl Bind {
     /// `dig +short` against this server (through the same wrapper).
     pub fn dig(&self, name: &str, rtype: &str) -> String {
         let wrapper: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
-        let out = prefixed(&wrapper, "dig")
+        let out = wrapped_command(&wrapper, "dig")
             .arg(format!("@{}", self.addr.ip()))
             .args(["-p", &self.addr.port().to_string()])
             .args([name, rtype, "+short", "+time=1", "+tries=1"])
@@ -147,16 +147,5 @@ impl Drop for Bind {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn prefixed(wrapper: &[&str], program: &str) -> Command {
-    match wrapper.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(program);
-            c
-        }
-        None => Command::new(program),
     }
 }

@@ -29,6 +29,22 @@ pub fn repo_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// A command that runs `program` through `wrapper` (e.g. `["ip", "netns", "exec", NAME]`);
+/// directly when `wrapper` is empty.
+pub fn wrapped_command(
+    wrapper: &[&str],
+    program: impl AsRef<std::ffi::OsStr>,
+) -> std::process::Command {
+    match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = std::process::Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => std::process::Command::new(program),
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (for peers that cannot report the port they bound).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

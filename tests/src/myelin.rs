@@ -43,14 +43,7 @@ impl Myelin {
     ) -> Myelin {
         let config_path = dir.write("myelin.toml", config);
         let expected = config.matches("[[listener]]").count();
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
+        let mut cmd = crate::wrapped_command(wrapper, bin);
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)

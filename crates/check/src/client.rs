@@ -56,24 +56,34 @@ pub(crate) async fn check(
     }
 }
 
+/// `method` on `url` with `headers`, following up to `redirects` redirects.
+async fn fetch(
+    ctx: &Ctx,
+    method: Method,
+    url: &str,
+    headers: &[(header::HeaderName, &str)],
+    redirects: usize,
+) -> Result<Fetched, UrlError> {
+    ctx.http
+        .fetch_url(
+            &ctx.dns,
+            url,
+            method,
+            headers,
+            MAX_BODY,
+            redirects,
+            &ctx.budget,
+        )
+        .await
+}
+
 /// The client well-known; returns its `base_url` (without trailing slash) when valid.
 async fn client_well_known(ctx: &Ctx, host: &str, steps: &mut Vec<Step>) -> Option<String> {
     let c = Section::Client;
     let check = "client_well_known";
     let url = format!("https://{host}{}", myelin_well_known::CLIENT_PATH);
     let origin = [(header::ORIGIN, ORIGIN)];
-    let fetched = ctx
-        .http
-        .fetch_url(
-            &ctx.dns,
-            &url,
-            Method::GET,
-            &origin,
-            MAX_BODY,
-            10,
-            &ctx.budget,
-        )
-        .await;
+    let fetched = fetch(ctx, Method::GET, &url, &origin, 10).await;
     let fetched = match fetched {
         Ok(f) if f.response.status.as_u16() == 404 => {
             not_published(ctx, host, &format!("{url} answered 404"), steps).await;
@@ -144,8 +154,7 @@ async fn client_well_known(ctx: &Ctx, host: &str, steps: &mut Vec<Step>) -> Opti
 async fn not_published(ctx: &Ctx, host: &str, why: &str, steps: &mut Vec<Step>) {
     let direct = format!("https://{host}/_matrix/client/versions");
     let serves_itself = matches!(
-        ctx.http
-            .fetch_url(&ctx.dns, &direct, Method::GET, &[], MAX_BODY, 3, &ctx.budget)
+        fetch(ctx, Method::GET, &direct, &[], 3)
             .await,
         Ok(f) if f.response.status.as_u16() == 200 && versions_list(&f.response.body).is_some()
     );
@@ -246,19 +255,7 @@ async fn preflight(ctx: &Ctx, url: &str, steps: &mut Vec<Step>) {
         (header::ACCESS_CONTROL_REQUEST_METHOD, "GET"),
         (header::ACCESS_CONTROL_REQUEST_HEADERS, "x-requested-with"),
     ];
-    let step = match ctx
-        .http
-        .fetch_url(
-            &ctx.dns,
-            url,
-            Method::OPTIONS,
-            &headers,
-            MAX_BODY,
-            0,
-            &ctx.budget,
-        )
-        .await
-    {
+    let step = match fetch(ctx, Method::OPTIONS, url, &headers, 0).await {
         Ok(f) => {
             let status = f.response.status.as_u16();
             let allow_origin = f.response.header(&header::ACCESS_CONTROL_ALLOW_ORIGIN);
@@ -317,19 +314,7 @@ async fn versions(ctx: &Ctx, base: &str, steps: &mut Vec<Step>) {
     let c = Section::Client;
     let url = format!("{base}/_matrix/client/versions");
     let origin = [(header::ORIGIN, ORIGIN)];
-    match ctx
-        .http
-        .fetch_url(
-            &ctx.dns,
-            &url,
-            Method::GET,
-            &origin,
-            MAX_BODY,
-            5,
-            &ctx.budget,
-        )
-        .await
-    {
+    match fetch(ctx, Method::GET, &url, &origin, 5).await {
         Ok(f) if f.response.status.as_u16() == 200 => match versions_list(&f.response.body) {
             Some(v) => {
                 let newest = v.last().cloned().unwrap_or_default();
@@ -412,11 +397,7 @@ async fn identity(ctx: &Ctx, base: &str, steps: &mut Vec<Step>) {
         return;
     }
     let url = format!("{}/_matrix/identity/v2", base.trim_end_matches('/'));
-    let step = match ctx
-        .http
-        .fetch_url(&ctx.dns, &url, Method::GET, &[], MAX_BODY, 5, &ctx.budget)
-        .await
-    {
+    let step = match fetch(ctx, Method::GET, &url, &[], 5).await {
         Ok(f) if f.response.status.is_success() => Step::ok(
             c,
             "identity_server",
@@ -448,9 +429,7 @@ async fn identity(ctx: &Ctx, base: &str, steps: &mut Vec<Step>) {
 async fn support(ctx: &Ctx, host: &str, steps: &mut Vec<Step>) {
     let c = Section::Client;
     let url = format!("https://{host}{}", myelin_well_known::SUPPORT_PATH);
-    let step = match ctx
-        .http
-        .fetch_url(&ctx.dns, &url, Method::GET, &[(header::ORIGIN, ORIGIN)], MAX_BODY, 10, &ctx.budget)
+    let step = match fetch(ctx, Method::GET, &url, &[(header::ORIGIN, ORIGIN)], 10)
         .await
     {
         Ok(f) if f.response.status.as_u16() == 404 => Step::info(
@@ -512,9 +491,7 @@ fn check_support(body: &[u8]) -> Result<String, String> {
 /// Client and server discovery must lead to the same homeserver.
 async fn agreement(ctx: &Ctx, base: &str, server_name: &str, route: &Route, steps: &mut Vec<Step>) {
     let url = format!("{base}{KEYS_PATH}");
-    let keys = ctx
-        .http
-        .fetch_url(&ctx.dns, &url, Method::GET, &[], MAX_BODY, 5, &ctx.budget)
+    let keys = fetch(ctx, Method::GET, &url, &[], 5)
         .await
         .ok()
         .filter(|f| f.response.status.as_u16() == 200)

@@ -12,7 +12,7 @@
 //! - `wildcard_needs_dns01`.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use myelin_well_known::{HostKind, ServerName};
@@ -20,7 +20,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::federation::EXPIRY_WARNING;
 use crate::report::{HomeserverPlan, PlanReport, SCHEMA, Section, Status, Step};
-use crate::tls::{CertProblem, TlsName, Trust, human_duration};
+use crate::tls::{CertProblem, TlsName, Trust, human_duration, names_cover};
 use crate::wellknown::{MAX_CACHE, MIN_CACHE};
 
 /// What the configuration says, as the plan review needs it.
@@ -53,21 +53,7 @@ pub struct PlanCertificate {
 
 impl PlanCertificate {
     pub fn covers(&self, name: &TlsName) -> bool {
-        match name {
-            TlsName::Ip(ip) => self
-                .names
-                .iter()
-                .any(|n| n.parse::<IpAddr>().ok() == Some(*ip)),
-            TlsName::Dns(d) => {
-                let d = d.trim_end_matches('.').to_ascii_lowercase();
-                self.names.iter().any(|n| {
-                    *n == d
-                        || n.strip_prefix("*.").is_some_and(|suffix| {
-                            d.split_once('.').is_some_and(|(_, rest)| rest == suffix)
-                        })
-                })
-            }
-        }
+        names_cover(&self.names, name)
     }
 }
 

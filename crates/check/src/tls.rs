@@ -274,13 +274,7 @@ impl CertSummary {
 
     /// Whether a DNS name or IP address is among the names (one-label wildcards included).
     pub fn covers(&self, name: &TlsName) -> bool {
-        let name = name.to_string();
-        self.names.iter().any(|n| {
-            *n == name
-                || n.strip_prefix("*.").is_some_and(|suffix| {
-                    name.split_once('.').is_some_and(|(_, rest)| rest == suffix)
-                })
-        })
+        names_cover(&self.names, name)
     }
 
     pub fn names_text(&self) -> String {
@@ -288,6 +282,24 @@ impl CertSummary {
             "no name at all".into()
         } else {
             self.names.join(", ")
+        }
+    }
+}
+
+/// Whether certificate names (DNS names, `*.` wildcards of one label, IP addresses) cover
+/// `name`, as a TLS client matches them.
+pub fn names_cover(names: &[String], name: &TlsName) -> bool {
+    match name {
+        TlsName::Ip(ip) => names.iter().any(|n| n.parse::<IpAddr>().ok() == Some(*ip)),
+        TlsName::Dns(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            names.iter().any(|n| {
+                let n = n.to_ascii_lowercase();
+                n == d
+                    || n.strip_prefix("*.").is_some_and(|suffix| {
+                        d.split_once('.').is_some_and(|(_, rest)| rest == suffix)
+                    })
+            })
         }
     }
 }

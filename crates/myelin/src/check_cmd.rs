@@ -94,16 +94,8 @@ pub fn run(args: CheckArgs) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                eprintln!("error: cannot render the report: {e}");
-                return ExitCode::from(EXIT_RUNTIME);
-            }
-        }
-    } else {
-        print!("{}", render_report(&report));
+    if let Err(code) = print(args.json, &report, render_report) {
+        return code;
     }
     ExitCode::from(report.exit_code())
 }
@@ -167,21 +159,35 @@ async fn check_config_plan(path: &std::path::Path, args: &CheckArgs) -> ExitCode
             .collect(),
     };
     let report = myelin_check::plan::review(&input, &trust);
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                eprintln!("error: cannot render the report: {e}");
-                return ExitCode::from(EXIT_RUNTIME);
-            }
-        }
-    } else {
-        print!("{}", render_plan(&report));
+    if let Err(code) = print(args.json, &report, render_plan) {
+        return code;
+    }
+    if !args.json {
         for w in &plan.warnings {
             eprintln!("warning: {w}");
         }
     }
     ExitCode::from(if report.works { 0 } else { 1 })
+}
+
+/// Prints a report as JSON or as text.
+fn print<R: serde::Serialize>(
+    json: bool,
+    report: &R,
+    render: fn(&R) -> String,
+) -> Result<(), ExitCode> {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("error: cannot render the report: {e}");
+                return Err(ExitCode::from(EXIT_RUNTIME));
+            }
+        }
+    } else {
+        print!("{}", render(report));
+    }
+    Ok(())
 }
 
 fn render_step(out: &mut String, indent: &str, step: &Step) {
