@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agreement;
 pub mod canonical;
 mod client;
 pub mod dns;
