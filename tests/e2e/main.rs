@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod acme;
+mod check;
 mod common;
 mod foundation_cli;
 mod foundation_proxy;

@@ -10,8 +10,10 @@
 pub mod bind;
 pub mod client;
 pub mod dirs;
+pub mod dns_zone;
 pub mod myelin;
 pub mod named;
+pub mod netns;
 pub mod notify;
 pub mod pebble;
 pub mod peers;
@@ -33,6 +35,22 @@ pub fn repo_root() -> std::path::PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
+}
+
+/// A command that runs `program` through `wrapper` (e.g. `["ip", "netns", "exec", NAME]`);
+/// directly when `wrapper` is empty.
+pub fn wrapped_command(
+    wrapper: &[&str],
+    program: impl AsRef<std::ffi::OsStr>,
+) -> std::process::Command {
+    match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = std::process::Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => std::process::Command::new(program),
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (for peers that cannot report the port they bound).

@@ -29,9 +29,21 @@ impl Myelin {
     }
 
     pub fn start_with(bin: &Path, dir: &TestDir, config: &str, env: &[(&str, &str)]) -> Myelin {
+        Self::start_wrapped(bin, dir, config, env, &[])
+    }
+
+    /// Like [`Myelin::start_with`], run through `wrapper` (e.g. `ip netns exec NAME`, which
+    /// execs the program, so the child's id stays Myelin's).
+    pub fn start_wrapped(
+        bin: &Path,
+        dir: &TestDir,
+        config: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Myelin {
         let config_path = dir.write("myelin.toml", config);
         let expected = config.matches("[[listener]]").count();
-        let mut cmd = Command::new(bin);
+        let mut cmd = crate::wrapped_command(wrapper, bin);
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)

@@ -6,6 +6,7 @@
 mod access;
 mod acme;
 mod app;
+mod check_cmd;
 mod metrics_endpoint;
 mod plan;
 mod routing;
@@ -62,12 +63,17 @@ enum Command {
         #[arg(default_value = DEFAULT_CONFIG)]
         path: PathBuf,
     },
+    /// Check that other servers and clients can reach a Matrix server name, step by step as a
+    /// homeserver resolves it (exit 0: works; 1: federation fails; 3: clients fail), or with
+    /// --config, whether a configuration's delegation and certificate plan can work.
+    Check(check_cmd::CheckArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { path } => check_config(&path),
+        Command::Check(args) => check_cmd::run(args),
         Command::Run {
             config,
             embedded_default,
