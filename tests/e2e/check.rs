@@ -9,11 +9,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use myelin_e2e::dns_zone::{Bind, Zone};
 use myelin_e2e::netns::Netns;
 use myelin_e2e::peers::require;
 use myelin_e2e::synapse::{self, Synapse, SynapseOptions};
-use myelin_e2e::{Myelin, TestCa, TestDir};
+use myelin_e2e::{Bind, Myelin, TestCa, TestDir, Zone, run_bounded};
 use serde_json::Value;
 
 use crate::common::bin;
@@ -24,7 +23,7 @@ const DNS_IP: &str = "127.0.0.53";
 
 /// One zone, one name per scenario. Each scenario's hosts have their own 127.0.N.x addresses.
 fn zone() -> Zone {
-    Zone::new(ZONE, DNS_IP.parse().unwrap())
+    Zone::new(ZONE)
         // 1. well-known with a port: wk-port's web server delegates to hs.wk-port:443
         .record("wk-port A 127.0.1.1")
         .record("hs.wk-port A 127.0.1.2")
@@ -91,9 +90,9 @@ impl World {
     /// `None` when a peer is missing on a developer machine (under CI that fails instead).
     fn new(tag: &str, with_synapse: bool) -> Option<World> {
         let peers = require(
-            "root with iproute2 (network namespaces) and BIND9 (named, dig)",
-            Netns::available() && Bind::available(),
-        );
+            "root with iproute2 (network namespaces)",
+            Netns::available(),
+        ) && Bind::available();
         if !peers
             || (with_synapse && !require("Synapse (PyPI matrix-synapse)", synapse::available()))
         {
@@ -103,7 +102,7 @@ impl World {
         ns.set_resolver(DNS_IP.parse().unwrap());
         ns.add_loopback_address(DNS_IP.parse().unwrap());
         let dir = TestDir::new(&format!("check-{tag}"));
-        let bind = Bind::start(
+        let bind = Bind::start_at(
             &dir,
             format!("{DNS_IP}:53").parse().unwrap(),
             &[zone()],
@@ -224,28 +223,6 @@ impl World {
         };
         assert!(text.contains(&verdict), "missing `{verdict}` in:\n{text}");
         (code, report)
-    }
-}
-
-/// Runs a command with a deadline (killed after it); returns (exit code, stdout, stderr).
-fn run_bounded(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
-    let child = cmd.spawn().expect("spawn");
-    let id = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(out)) => (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ),
-        Ok(Err(e)) => panic!("waiting for the command: {e}"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
-            panic!("the command did not finish within {timeout:?}");
-        }
     }
 }
 
