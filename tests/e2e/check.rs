@@ -831,6 +831,177 @@ fn check_config_judges_each_delegation_and_certificate_plan() {
     assert_eq!(code, 64);
 }
 
+/// `myelin check --config` with `[acme]`: whether the CA can validate each name the way the
+/// configuration chose, judged from the configuration alone.
+#[test]
+fn check_config_judges_the_acme_challenge_of_each_certificate() {
+    let dir = TestDir::new("check-config-acme");
+    // Nothing is bound and no CA is asked: the review only reads the configuration.
+    let config = |listeners: &[(&str, bool)], acme: &str, homeserver: &str| {
+        let mut c = String::new();
+        for (bind, tls) in listeners {
+            c.push_str(&format!("[[listener]]\nbind = \"{bind}\"\ntls = {tls}\n\n"));
+        }
+        format!(
+            "{c}[acme]\nemail = \"admin@example.test\"\nstate_dir = \"{state}\"\n{acme}\n\n\
+             [[homeserver]]\nserver_name = \"example.test\"\nhosts = [\"matrix.example.test\"]\n\
+             upstream = \"http://127.0.0.1:8008\"\n{homeserver}\n",
+            state = dir.join("state").display()
+        )
+    };
+    let dns = "[acme.dns]\nprovider = \"exec\"\ncommand = [\"/bin/true\"]\n";
+    let run = |name: &str, toml: &str, json: bool| -> (i32, String, String) {
+        let path = dir.write(name, toml);
+        let mut cmd = Command::new(bin());
+        cmd.arg("check")
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null());
+        if json {
+            cmd.arg("--json");
+        }
+        run_bounded(cmd, Duration::from_secs(30))
+    };
+    let review = |name: &str, toml: &str| -> (i32, Value) {
+        let (code, out, err) = run(name, toml, true);
+        let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        (code, r)
+    };
+    let only_443 = [("[::]:443", true)];
+
+    // SRV-only delegation (no well-known), certificates by the default tls-alpn-01: the CA can
+    // only validate example.test here if it points here, which with SRV it usually does not
+    let (code, r) = review("srv-alpn.toml", &config(&only_443, "", ""));
+    assert_eq!(code, 0, "a warning, not a failure: {r:#}");
+    let hs = &r["homeservers"][0];
+    let srv = assert_step(
+        hs,
+        "srv_needs_dns01",
+        "warn",
+        &[
+            "certificate for example.test itself",
+            "it comes by tls-alpn-01",
+            "works only if example.test points to this machine",
+        ],
+    );
+    assert!(
+        srv["fix"]
+            .as_str()
+            .unwrap()
+            .contains("challenge = \"dns-01\""),
+        "{srv:#}"
+    );
+    assert_step(
+        hs,
+        "federation_certificate",
+        "ok",
+        &["comes from the ACME CA by tls-alpn-01"],
+    );
+    assert_step(
+        hs,
+        "tls_alpn01_needs_443",
+        "ok",
+        &["example.test, matrix.example.test", "port 443"],
+    );
+    assert_eq!(r["certificates"], serde_json::json!([]));
+
+    // the same with dns-01 for this homeserver: fine wherever example.test points
+    let (code, r) = review(
+        "srv-dns.toml",
+        &config(&only_443, dns, "challenge = \"dns-01\""),
+    );
+    assert_eq!(code, 0, "{r:#}");
+    let hs = &r["homeservers"][0];
+    assert_step(
+        hs,
+        "srv_needs_dns01",
+        "ok",
+        &["by dns-01, which works wherever example.test points"],
+    );
+    assert!(steps(hs, "tls_alpn01_needs_443").is_empty(), "{r:#}");
+
+    // http-01 without a plain listener: the CA cannot reach Myelin
+    let well_known = "[homeserver.well_known]\nserver = \"matrix.example.test:443\"\nclient_base_url = \"https://matrix.example.test\"";
+    let (code, r) = review(
+        "http01.toml",
+        &config(&only_443, "challenge = \"http-01\"", well_known),
+    );
+    assert_eq!(code, 1, "{r:#}");
+    assert_step(
+        &r["homeservers"][0],
+        "http01_needs_port_80",
+        "fail",
+        &["port 80", "no plain [[listener]] (tls = false)"],
+    );
+    // with one on port 80 it can
+    let (code, r) = review(
+        "http01-80.toml",
+        &config(
+            &[("[::]:443", true), ("[::]:80", false)],
+            "challenge = \"http-01\"",
+            well_known,
+        ),
+    );
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["warnings"], 0, "{r:#}");
+    assert_step(&r["homeservers"][0], "http01_needs_port_80", "ok", &[]);
+    assert!(steps(&r["homeservers"][0], "srv_needs_dns01").is_empty());
+
+    // tls-alpn-01 with TLS on 8448 only: a warning (a port forward may send 443 there)
+    let (code, r) = review(
+        "alpn-8448.toml",
+        &config(
+            &[("[::]:8448", true)],
+            "",
+            "[homeserver.well_known]\nserver = \"matrix.example.test:8448\"",
+        ),
+    );
+    assert_eq!(code, 0, "{r:#}");
+    assert_step(
+        &r["homeservers"][0],
+        "tls_alpn01_needs_443",
+        "warn",
+        &["TLS ports: 8448"],
+    );
+
+    // a wildcard [[acme.certificate]] no homeserver uses is judged on its own
+    let wildcard = format!(
+        "{dns}\n[[acme.certificate]]\nnames = [\"*.wild.example.test\", \"wild.example.test\"]\nchallenge = \"dns-01\""
+    );
+    let toml = config(
+        &[("[::]:443", true), ("[::]:80", false)],
+        &wildcard,
+        well_known,
+    );
+    let (code, r) = review("wildcard.toml", &toml);
+    assert_eq!(code, 0, "{r:#}");
+    let c = &r["certificates"][0];
+    assert_eq!(c["challenge"], "dns-01", "{r:#}");
+    assert_eq!(c["works"], true);
+    assert_step(c, "wildcard_needs_dns01", "ok", &["*.wild.example.test"]);
+    let (code, text, _) = run("wildcard.toml", &toml, false);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("ACME certificate *.wild.example.test, wild.example.test (dns-01)")
+            && text.contains("✔ *.wild.example.test: wildcard names are validated by dns-01"),
+        "{text}"
+    );
+    // with another challenge the configuration itself is refused, before any review
+    let (code, _, err) = run(
+        "wildcard-http.toml",
+        &toml.replace(
+            "challenge = \"dns-01\"\n\n[[homeserver]]",
+            "challenge = \"http-01\"\n\n[[homeserver]]",
+        ),
+        false,
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("a wildcard name needs challenge = \"dns-01\""),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_a_server_that_accepts_but_never_answers_is_bounded() {
     let Some(mut w) = World::new("silent", false) else {
