@@ -29,7 +29,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use myelin_e2e::netns::Netns;
-use myelin_e2e::peers::require;
+use myelin_e2e::peers::{has_python_module, require};
 use myelin_e2e::synapse::{self, Synapse, SynapseOptions, nio_flow_in};
 use myelin_e2e::{Bind, Myelin, Pebble, PebbleConfig, TestCa, TestDir, Zone, run_bounded};
 use serde_json::Value;
@@ -123,7 +123,10 @@ impl World {
             Netns::available(),
         ) && Bind::available()
             && Pebble::available()
-            && require("Synapse and matrix-nio (tests/setup)", synapse::available());
+            && require(
+                "Synapse and matrix-nio (tests/setup)",
+                synapse::available() && has_python_module("nio"),
+            );
         if !peers {
             return None;
         }
