@@ -171,24 +171,10 @@ impl World {
         let a_dir = dir.sub("a");
         let b_dir = dir.sub("b");
         let (a_port, b_port) = (myelin_e2e::free_port(), myelin_e2e::free_port());
-        let acme = |d: &TestDir, email: &str, challenge: &str| {
-            format!(
-                "[acme]\ndirectory = \"https://127.0.0.1:{port}/dir\"\nemail = \"{email}\"\n\
-                 state_dir = \"{state}\"\nchallenge = \"{challenge}\"\nca_roots = \"{ca}\"\nretry_min = \"1s\"\n",
-                port = pebble.port,
-                state = d.join("acme").display(),
-                ca = pebble.https_ca.display(),
-            )
-        };
-        let config_a = format!(
-            "[[listener]]\nbind = \"{A_IP}:443\"\n\n[[listener]]\nbind = \"{A_IP}:80\"\ntls = false\n\n{}\n\
-             [[homeserver]]\nserver_name = \"a.test\"\nhosts = [\"matrix.a.test\"]\nupstream = \"http://127.0.0.1:{a_port}\"\n\
-             [homeserver.well_known]\nserver = \"matrix.a.test:443\"\nclient_base_url = \"https://matrix.a.test\"\n",
-            acme(&a_dir, "admin@a.test", "tls-alpn-01")
-        );
+        let config_a = a_config(&acme_section(&pebble, &a_dir, "a.test"), a_port);
         let config_b = b_config(
             mode,
-            &acme(&b_dir, "admin@b.test", "tls-alpn-01"),
+            &acme_section(&pebble, &b_dir, "b.test"),
             b_port,
             &tsig_secret,
         );
@@ -423,8 +409,30 @@ impl World {
     }
 }
 
-/// Myelin B's configuration for `mode`: `acme` is the `[acme]` section (default challenge
-/// tls-alpn-01), `upstream_port` Synapse B's port, `tsig_secret` the key file for RFC 2136.
+/// `[acme]` against this scenario's Pebble, state in `<dir>/acme`; default challenge
+/// tls-alpn-01 (each configuration overrides it where its mode needs another).
+fn acme_section(pebble: &Pebble, dir: &TestDir, domain: &str) -> String {
+    format!(
+        "[acme]\ndirectory = \"https://127.0.0.1:{port}/dir\"\nemail = \"admin@{domain}\"\n\
+         state_dir = \"{state}\"\nchallenge = \"tls-alpn-01\"\nca_roots = \"{ca}\"\nretry_min = \"1s\"\n",
+        port = pebble.port,
+        state = dir.join("acme").display(),
+        ca = pebble.https_ca.display(),
+    )
+}
+
+/// Myelin A's configuration, the same in every scenario: a.test and matrix.a.test on
+/// 127.0.0.2:443, the well-known delegating to matrix.a.test:443, certificates by TLS-ALPN-01.
+fn a_config(acme: &str, upstream_port: u16) -> String {
+    format!(
+        "[[listener]]\nbind = \"{A_IP}:443\"\n\n[[listener]]\nbind = \"{A_IP}:80\"\ntls = false\n\n{acme}\n\
+         [[homeserver]]\nserver_name = \"a.test\"\nhosts = [\"matrix.a.test\"]\nupstream = \"http://127.0.0.1:{upstream_port}\"\n\
+         [homeserver.well_known]\nserver = \"matrix.a.test:443\"\nclient_base_url = \"https://matrix.a.test\"\n"
+    )
+}
+
+/// Myelin B's configuration for `mode`: `acme` is the `[acme]` section, `upstream_port`
+/// Synapse B's port, `tsig_secret` the key file for RFC 2136.
 fn b_config(mode: BMode, acme: &str, upstream_port: u16, tsig_secret: &std::path::Path) -> String {
     let upstream = format!("upstream = \"http://127.0.0.1:{upstream_port}\"");
     match mode {
