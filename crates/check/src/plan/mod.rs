@@ -222,6 +222,8 @@ pub fn review(input: &PlanInput, trust: &Trust) -> PlanReport {
         now: SystemTime::now(),
     };
     let mut homeservers = Vec::new();
+    // ACME certificates judged under a homeserver
+    let mut used: Vec<&PlanCertificate> = Vec::new();
     for hs in &input.homeservers {
         let Ok(name) = ServerName::parse(&hs.server_name) else {
             homeservers.push(HomeserverPlan {
@@ -246,6 +248,7 @@ pub fn review(input: &PlanInput, trust: &Trust) -> PlanReport {
             for rule in CERTIFICATE_RULES {
                 steps.extend((rule.check)(&facts, cert));
             }
+            used.push(cert);
         }
         homeservers.push(HomeserverPlan {
             server_name: hs.server_name.clone(),
@@ -255,16 +258,6 @@ pub fn review(input: &PlanInput, trust: &Trust) -> PlanReport {
         });
     }
     // ACME certificates no homeserver uses: judged on their own
-    let used: Vec<&PlanCertificate> = input
-        .homeservers
-        .iter()
-        .filter_map(|hs| {
-            let name = ServerName::parse(&hs.server_name).ok()?;
-            let mode = mode_of(hs, &name);
-            Some(Homeserver { hs, name, mode })
-        })
-        .flat_map(|h| facts.acme_certs_for(&h))
-        .collect();
     let certificates: Vec<CertificatePlan> = input
         .certificates
         .iter()
