@@ -15,7 +15,7 @@ use myelin_e2e::synapse::{self, Synapse, SynapseOptions};
 use myelin_e2e::{Bind, Myelin, TestCa, TestDir, Zone, run_bounded};
 use serde_json::Value;
 
-use crate::common::bin;
+use crate::common::{bin, working_addresses};
 
 const ZONE: &str = "check.test";
 /// The DNS server of every scenario namespace (port 53 there).
@@ -272,13 +272,7 @@ fn assert_federation_ok(report: &Value, server_name: &str, addr: &str, cert_name
         report["resolution"]["certificate_name"], cert_name,
         "{report:#}"
     );
-    let working: Vec<&str> = report["resolution"]["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["working"].as_str())
-        .collect();
-    assert_eq!(working, [addr], "{report:#}");
+    assert_eq!(working_addresses(report), [addr], "{report:#}");
     let tls = assert_step(
         report,
         "tls_certificate",

@@ -34,7 +34,7 @@ use myelin_e2e::synapse::{self, Synapse, SynapseOptions, nio_flow_in};
 use myelin_e2e::{Bind, Myelin, Pebble, PebbleConfig, TestCa, TestDir, Zone, run_bounded};
 use serde_json::Value;
 
-use crate::common::bin;
+use crate::common::{bin, working_addresses};
 
 const DNS_IP: &str = "127.0.0.1";
 const A_IP: &str = "127.0.0.2";
@@ -323,13 +323,7 @@ impl World {
                 report["resolution"]["certificate_name"], cert_name,
                 "{report:#}"
             );
-            let working: Vec<&str> = report["resolution"]["targets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|t| t["working"].as_str())
-                .collect();
-            assert_eq!(working, [addr], "{report:#}");
+            assert_eq!(working_addresses(&report), [addr], "{report:#}");
         }
     }
 

@@ -14,8 +14,9 @@
 
 use myelin_well_known::HostKind;
 
+use super::rules::plan;
 use super::{Challenge, Facts, Homeserver, Mode, PlanCertificate, ports_text};
-use crate::report::{Section, Status, Step};
+use crate::report::{Status, Step};
 use crate::tls::TlsName;
 
 /// One rule about one ACME certificate.
@@ -39,10 +40,6 @@ pub const CERTIFICATE_RULES: &[CertificateRule] = &[
         check: rule_wildcard_needs_dns01,
     },
 ];
-
-fn plan(status: Status, check: &'static str, message: String) -> Step {
-    Step::new(Section::Plan, check, status, message)
-}
 
 /// `srv_needs_dns01`: the certificate other servers ask the SRV target for.
 pub(super) fn rule_srv_needs_dns01(facts: &Facts<'_>, h: &Homeserver<'_>) -> Vec<Step> {

@@ -48,7 +48,8 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
-fn plan(status: Status, check: &'static str, message: String) -> Step {
+/// A step of the plan review.
+pub(super) fn plan(status: Status, check: &'static str, message: String) -> Step {
     Step::new(Section::Plan, check, status, message)
 }
 
