@@ -83,6 +83,7 @@ impl Lab {
                 validity_secs: self.validity,
                 listen_port: Some(self.pebble_port),
                 external_account: self.external_account.clone(),
+                wrapper: Vec::new(),
             },
         ));
     }
@@ -111,7 +112,7 @@ impl Lab {
         let dns = dns.map(str::to_string).unwrap_or_else(|| {
             format!(
                 "provider = \"rfc2136\"\nnameserver = \"127.0.0.1:{port}\"\ntsig_key_name = \"acme-key\"\ntsig_algorithm = \"hmac-sha256\"\ntsig_secret_file = \"{secret}\"",
-                port = self.dns.port,
+                port = self.dns.port(),
                 secret = self.tsig_secret.display()
             )
         });
@@ -148,7 +149,7 @@ authoritative_port = {dns_port}
             pebble = self.pebble_port,
             state = self.state_dir().display(),
             ca = self.dir.join("pebble/https-ca.pem").display(),
-            dns_port = self.dns.port,
+            dns_port = self.dns.port(),
         )
     }
 
@@ -221,7 +222,7 @@ fn no_errors(m: &Myelin) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_http01_issues_a_certificate_on_ipv4_and_ipv6() {
-    let zones = [Zone::new("example.test", RECORDS)];
+    let zones = [Zone::new("example.test").records(RECORDS)];
     let Some(lab) = Lab::new("acme-http01", &zones, None, true) else {
         return;
     };
@@ -296,7 +297,7 @@ async fn acme_http01_issues_a_certificate_on_ipv4_and_ipv6() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_tls_alpn01_issues_a_certificate() {
-    let zones = [Zone::new("example.test", RECORDS)];
+    let zones = [Zone::new("example.test").records(RECORDS)];
     let Some(lab) = Lab::new("acme-alpn", &zones, None, true) else {
         return;
     };
@@ -348,7 +349,7 @@ async fn acme_tls_alpn01_issues_a_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_external_account_binding() {
-    let zones = [Zone::new("example.test", RECORDS)];
+    let zones = [Zone::new("example.test").records(RECORDS)];
     let Some(mut lab) = Lab::new("acme-eab", &zones, None, false) else {
         return;
     };
@@ -378,7 +379,7 @@ async fn acme_external_account_binding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_two_processes_on_one_state_dir_order_once() {
-    let zones = [Zone::new("example.test", RECORDS)];
+    let zones = [Zone::new("example.test").records(RECORDS)];
     let Some(lab) = Lab::new("acme-lock", &zones, None, true) else {
         return;
     };
@@ -441,8 +442,8 @@ async fn acme_dns01_rfc2136_wildcard_srv_delegation_and_cname() {
         RECORDS.replace("@ IN A 127.0.0.1\n", "")
     );
     let zones = [
-        Zone::new("example.test", &records),
-        Zone::new("acme-delegated.test", ""),
+        Zone::new("example.test").records(&records),
+        Zone::new("acme-delegated.test"),
     ];
     let Some(lab) = Lab::new("acme-dns01", &zones, None, true) else {
         return;
@@ -506,7 +507,7 @@ async fn acme_dns01_rfc2136_wildcard_srv_delegation_and_cname() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_dns01_exec_hook_publishes_and_its_failures_are_logged() {
-    let zones = [Zone::new("example.test", RECORDS)];
+    let zones = [Zone::new("example.test").records(RECORDS)];
     let Some(lab) = Lab::new("acme-exec", &zones, None, true) else {
         return;
     };
@@ -535,7 +536,7 @@ EOF
 "#,
             calls = calls.display(),
             key = lab.dns.nsupdate_key(),
-            port = lab.dns.port,
+            port = lab.dns.port(),
         ),
     );
     myelin_e2e::bind::set_mode(&script, 0o755);
@@ -578,7 +579,7 @@ EOF
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_renews_short_lived_certificates_without_dropping_connections() {
-    let zones = [Zone::new("example.test", RECORDS)];
+    let zones = [Zone::new("example.test").records(RECORDS)];
     let Some(lab) = Lab::new("acme-renew", &zones, Some(12), true) else {
         return;
     };
@@ -628,7 +629,7 @@ async fn acme_renews_short_lived_certificates_without_dropping_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_restart_reuses_stored_certificates_without_a_new_order() {
-    let zones = [Zone::new("example.test", RECORDS)];
+    let zones = [Zone::new("example.test").records(RECORDS)];
     let Some(mut lab) = Lab::new("acme-restart", &zones, None, true) else {
         return;
     };
@@ -668,7 +669,7 @@ async fn acme_restart_reuses_stored_certificates_without_a_new_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_ca_down_at_start_is_retried_until_it_comes_back() {
-    let zones = [Zone::new("example.test", RECORDS)];
+    let zones = [Zone::new("example.test").records(RECORDS)];
     let Some(mut lab) = Lab::new("acme-down", &zones, None, false) else {
         return;
     };
@@ -703,7 +704,7 @@ async fn acme_ca_down_at_start_is_retried_until_it_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_wrong_tsig_key_is_a_clear_error_and_nothing_is_half_written() {
-    let zones = [Zone::new("example.test", RECORDS)];
+    let zones = [Zone::new("example.test").records(RECORDS)];
     let Some(lab) = Lab::new("acme-badkey", &zones, None, true) else {
         return;
     };
@@ -730,7 +731,7 @@ async fn acme_wrong_tsig_key_is_a_clear_error_and_nothing_is_half_written() {
         "says what to check: {error}"
     );
     assert!(
-        error.contains(&format!("127.0.0.1:{}", lab.dns.port)),
+        error.contains(&format!("127.0.0.1:{}", lab.dns.port())),
         "{error}"
     );
     // nothing half-written: no certificate or key on disk, no record in the zone

@@ -9,14 +9,13 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use myelin_e2e::dns_zone::{Bind, Zone};
 use myelin_e2e::netns::Netns;
 use myelin_e2e::peers::require;
 use myelin_e2e::synapse::{self, Synapse, SynapseOptions};
-use myelin_e2e::{Myelin, TestCa, TestDir};
+use myelin_e2e::{Bind, Myelin, TestCa, TestDir, Zone, run_bounded};
 use serde_json::Value;
 
-use crate::common::bin;
+use crate::common::{bin, working_addresses};
 
 const ZONE: &str = "check.test";
 /// The DNS server of every scenario namespace (port 53 there).
@@ -24,7 +23,7 @@ const DNS_IP: &str = "127.0.0.53";
 
 /// One zone, one name per scenario. Each scenario's hosts have their own 127.0.N.x addresses.
 fn zone() -> Zone {
-    Zone::new(ZONE, DNS_IP.parse().unwrap())
+    Zone::new(ZONE)
         // 1. well-known with a port: wk-port's web server delegates to hs.wk-port:443
         .record("wk-port A 127.0.1.1")
         .record("hs.wk-port A 127.0.1.2")
@@ -91,9 +90,9 @@ impl World {
     /// `None` when a peer is missing on a developer machine (under CI that fails instead).
     fn new(tag: &str, with_synapse: bool) -> Option<World> {
         let peers = require(
-            "root with iproute2 (network namespaces) and BIND9 (named, dig)",
-            Netns::available() && Bind::available(),
-        );
+            "root with iproute2 (network namespaces)",
+            Netns::available(),
+        ) && Bind::available();
         if !peers
             || (with_synapse && !require("Synapse (PyPI matrix-synapse)", synapse::available()))
         {
@@ -103,7 +102,7 @@ impl World {
         ns.set_resolver(DNS_IP.parse().unwrap());
         ns.add_loopback_address(DNS_IP.parse().unwrap());
         let dir = TestDir::new(&format!("check-{tag}"));
-        let bind = Bind::start(
+        let bind = Bind::start_at(
             &dir,
             format!("{DNS_IP}:53").parse().unwrap(),
             &[zone()],
@@ -227,28 +226,6 @@ impl World {
     }
 }
 
-/// Runs a command with a deadline (killed after it); returns (exit code, stdout, stderr).
-fn run_bounded(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
-    let child = cmd.spawn().expect("spawn");
-    let id = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(out)) => (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ),
-        Ok(Err(e)) => panic!("waiting for the command: {e}"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
-            panic!("the command did not finish within {timeout:?}");
-        }
-    }
-}
-
 fn steps<'a>(report: &'a Value, check: &str) -> Vec<&'a Value> {
     report["steps"]
         .as_array()
@@ -295,13 +272,7 @@ fn assert_federation_ok(report: &Value, server_name: &str, addr: &str, cert_name
         report["resolution"]["certificate_name"], cert_name,
         "{report:#}"
     );
-    let working: Vec<&str> = report["resolution"]["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["working"].as_str())
-        .collect();
-    assert_eq!(working, [addr], "{report:#}");
+    assert_eq!(working_addresses(report), [addr], "{report:#}");
     let tls = assert_step(
         report,
         "tls_certificate",
@@ -852,6 +823,177 @@ fn check_config_judges_each_delegation_and_certificate_plan() {
     // a broken configuration is a configuration error (64), as with check-config
     let (code, _) = run("broken.toml", "[[listener]]\nbind = 443\n", true, false);
     assert_eq!(code, 64);
+}
+
+/// `myelin check --config` with `[acme]`: whether the CA can validate each name the way the
+/// configuration chose, judged from the configuration alone.
+#[test]
+fn check_config_judges_the_acme_challenge_of_each_certificate() {
+    let dir = TestDir::new("check-config-acme");
+    // Nothing is bound and no CA is asked: the review only reads the configuration.
+    let config = |listeners: &[(&str, bool)], acme: &str, homeserver: &str| {
+        let mut c = String::new();
+        for (bind, tls) in listeners {
+            c.push_str(&format!("[[listener]]\nbind = \"{bind}\"\ntls = {tls}\n\n"));
+        }
+        format!(
+            "{c}[acme]\nemail = \"admin@example.test\"\nstate_dir = \"{state}\"\n{acme}\n\n\
+             [[homeserver]]\nserver_name = \"example.test\"\nhosts = [\"matrix.example.test\"]\n\
+             upstream = \"http://127.0.0.1:8008\"\n{homeserver}\n",
+            state = dir.join("state").display()
+        )
+    };
+    let dns = "[acme.dns]\nprovider = \"exec\"\ncommand = [\"/bin/true\"]\n";
+    let run = |name: &str, toml: &str, json: bool| -> (i32, String, String) {
+        let path = dir.write(name, toml);
+        let mut cmd = Command::new(bin());
+        cmd.arg("check")
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null());
+        if json {
+            cmd.arg("--json");
+        }
+        run_bounded(cmd, Duration::from_secs(30))
+    };
+    let review = |name: &str, toml: &str| -> (i32, Value) {
+        let (code, out, err) = run(name, toml, true);
+        let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        (code, r)
+    };
+    let only_443 = [("[::]:443", true)];
+
+    // SRV-only delegation (no well-known), certificates by the default tls-alpn-01: the CA can
+    // only validate example.test here if it points here, which with SRV it usually does not
+    let (code, r) = review("srv-alpn.toml", &config(&only_443, "", ""));
+    assert_eq!(code, 0, "a warning, not a failure: {r:#}");
+    let hs = &r["homeservers"][0];
+    let srv = assert_step(
+        hs,
+        "srv_needs_dns01",
+        "warn",
+        &[
+            "certificate for example.test itself",
+            "it comes by tls-alpn-01",
+            "works only if example.test points to this machine",
+        ],
+    );
+    assert!(
+        srv["fix"]
+            .as_str()
+            .unwrap()
+            .contains("challenge = \"dns-01\""),
+        "{srv:#}"
+    );
+    assert_step(
+        hs,
+        "federation_certificate",
+        "ok",
+        &["comes from the ACME CA by tls-alpn-01"],
+    );
+    assert_step(
+        hs,
+        "tls_alpn01_needs_443",
+        "ok",
+        &["example.test, matrix.example.test", "port 443"],
+    );
+    assert_eq!(r["certificates"], serde_json::json!([]));
+
+    // the same with dns-01 for this homeserver: fine wherever example.test points
+    let (code, r) = review(
+        "srv-dns.toml",
+        &config(&only_443, dns, "challenge = \"dns-01\""),
+    );
+    assert_eq!(code, 0, "{r:#}");
+    let hs = &r["homeservers"][0];
+    assert_step(
+        hs,
+        "srv_needs_dns01",
+        "ok",
+        &["by dns-01, which works wherever example.test points"],
+    );
+    assert!(steps(hs, "tls_alpn01_needs_443").is_empty(), "{r:#}");
+
+    // http-01 without a plain listener: the CA cannot reach Myelin
+    let well_known = "[homeserver.well_known]\nserver = \"matrix.example.test:443\"\nclient_base_url = \"https://matrix.example.test\"";
+    let (code, r) = review(
+        "http01.toml",
+        &config(&only_443, "challenge = \"http-01\"", well_known),
+    );
+    assert_eq!(code, 1, "{r:#}");
+    assert_step(
+        &r["homeservers"][0],
+        "http01_needs_port_80",
+        "fail",
+        &["port 80", "no plain [[listener]] (tls = false)"],
+    );
+    // with one on port 80 it can
+    let (code, r) = review(
+        "http01-80.toml",
+        &config(
+            &[("[::]:443", true), ("[::]:80", false)],
+            "challenge = \"http-01\"",
+            well_known,
+        ),
+    );
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["warnings"], 0, "{r:#}");
+    assert_step(&r["homeservers"][0], "http01_needs_port_80", "ok", &[]);
+    assert!(steps(&r["homeservers"][0], "srv_needs_dns01").is_empty());
+
+    // tls-alpn-01 with TLS on 8448 only: a warning (a port forward may send 443 there)
+    let (code, r) = review(
+        "alpn-8448.toml",
+        &config(
+            &[("[::]:8448", true)],
+            "",
+            "[homeserver.well_known]\nserver = \"matrix.example.test:8448\"",
+        ),
+    );
+    assert_eq!(code, 0, "{r:#}");
+    assert_step(
+        &r["homeservers"][0],
+        "tls_alpn01_needs_443",
+        "warn",
+        &["TLS ports: 8448"],
+    );
+
+    // a wildcard [[acme.certificate]] no homeserver uses is judged on its own
+    let wildcard = format!(
+        "{dns}\n[[acme.certificate]]\nnames = [\"*.wild.example.test\", \"wild.example.test\"]\nchallenge = \"dns-01\""
+    );
+    let toml = config(
+        &[("[::]:443", true), ("[::]:80", false)],
+        &wildcard,
+        well_known,
+    );
+    let (code, r) = review("wildcard.toml", &toml);
+    assert_eq!(code, 0, "{r:#}");
+    let c = &r["certificates"][0];
+    assert_eq!(c["challenge"], "dns-01", "{r:#}");
+    assert_eq!(c["works"], true);
+    assert_step(c, "wildcard_needs_dns01", "ok", &["*.wild.example.test"]);
+    let (code, text, _) = run("wildcard.toml", &toml, false);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("ACME certificate *.wild.example.test, wild.example.test (dns-01)")
+            && text.contains("✔ *.wild.example.test: wildcard names are validated by dns-01"),
+        "{text}"
+    );
+    // with another challenge the configuration itself is refused, before any review
+    let (code, _, err) = run(
+        "wildcard-http.toml",
+        &toml.replace(
+            "challenge = \"dns-01\"\n\n[[homeserver]]",
+            "challenge = \"http-01\"\n\n[[homeserver]]",
+        ),
+        false,
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("a wildcard name needs challenge = \"dns-01\""),
+        "{err}"
+    );
 }
 
 #[test]

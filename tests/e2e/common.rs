@@ -5,6 +5,19 @@ use std::path::{Path, PathBuf};
 use myelin_e2e::client::TlsClient;
 use myelin_e2e::{TestCa, TestDir};
 
+/// The addresses (`ip:port`) a `myelin check --json` report found working, in order.
+pub fn working_addresses(report: &serde_json::Value) -> Vec<&str> {
+    report["resolution"]["targets"]
+        .as_array()
+        .map(|targets| {
+            targets
+                .iter()
+                .filter_map(|t| t["working"].as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_myelin"))
 }

@@ -6,6 +6,7 @@
 mod acme;
 mod check;
 mod common;
+mod federation;
 mod foundation_cli;
 mod foundation_proxy;
 mod foundation_synapse;

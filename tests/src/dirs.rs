@@ -7,6 +7,8 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 pub struct TestDir {
     path: PathBuf,
+    /// A directory inside another [`TestDir`], which keeps or removes it.
+    inner: bool,
 }
 
 impl TestDir {
@@ -18,7 +20,7 @@ impl TestDir {
         let path = base.join(format!("myelin-e2e-{}-{n}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create test dir");
-        TestDir { path }
+        TestDir { path, inner: false }
     }
 
     pub fn path(&self) -> &Path {
@@ -27,6 +29,14 @@ impl TestDir {
 
     pub fn join(&self, p: &str) -> PathBuf {
         self.path.join(p)
+    }
+
+    /// A directory inside this one (for a second Myelin's `myelin.toml`, logs and state), kept
+    /// or removed with this one.
+    pub fn sub(&self, name: &str) -> TestDir {
+        let path = self.path.join(name);
+        std::fs::create_dir_all(&path).expect("create test subdir");
+        TestDir { path, inner: true }
     }
 
     pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
@@ -41,6 +51,9 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
+        if self.inner {
+            return;
+        }
         if std::thread::panicking() {
             eprintln!("test failed; its files are kept in {}", self.path.display());
         } else {

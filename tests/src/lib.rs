@@ -10,7 +10,6 @@
 pub mod bind;
 pub mod client;
 pub mod dirs;
-pub mod dns_zone;
 pub mod myelin;
 pub mod named;
 pub mod netns;
@@ -50,6 +49,42 @@ pub fn wrapped_command(
             c
         }
         None => std::process::Command::new(program),
+    }
+}
+
+/// Runs a command with a deadline (killed after it); returns (exit code, stdout, stderr).
+/// Panics when it cannot be started or does not finish in time.
+pub fn run_bounded(
+    mut cmd: std::process::Command,
+    timeout: std::time::Duration,
+) -> (i32, String, String) {
+    use std::process::Stdio;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    let id = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(out)) => (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        Ok(Err(e)) => panic!("waiting for {:?}: {e}", cmd.get_program()),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &id.to_string()])
+                .status();
+            panic!(
+                "{:?} {:?} did not finish within {timeout:?}",
+                cmd.get_program(),
+                cmd.get_args().collect::<Vec<_>>()
+            );
+        }
     }
 }
 

@@ -4,10 +4,11 @@
 //!
 //! Pebble validates HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port` of the address the
 //! name resolves to through `dns_server`, and prefers IPv6 when the name has an AAAA record.
+//! Its ACME and management ports are on 127.0.0.1 (of the namespace, when run in one).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{TestCa, TestDir, free_port, peers};
@@ -26,6 +27,10 @@ pub struct PebbleConfig {
     pub listen_port: Option<u16>,
     /// Require external account binding with this key ID and base64url HMAC key.
     pub external_account: Option<(String, String)>,
+    /// Run Pebble (and the `curl` that asks it) through this prefix, e.g. `ip netns exec NAME`:
+    /// inside a namespace it validates on the namespace's addresses and resolves through the
+    /// namespace's DNS. Empty: directly.
+    pub wrapper: Vec<String>,
 }
 
 pub struct Pebble {
@@ -103,7 +108,8 @@ impl Pebble {
             .append(true)
             .open(root.join("pebble.log"))
             .expect("pebble.log");
-        let child = Command::new("pebble")
+        let wrapper: Vec<&str> = config.wrapper.iter().map(String::as_str).collect();
+        let child = crate::wrapped_command(&wrapper, "pebble")
             .arg("-config")
             .arg(&conf_path)
             .arg("-dnsserver")
@@ -153,8 +159,18 @@ impl Pebble {
         .expect("pebble /roots/0")
     }
 
+    /// The intermediate that signs this run's leaf certificates.
+    pub fn intermediate_pem(&self) -> String {
+        self.curl(&format!(
+            "https://127.0.0.1:{}/intermediates/0",
+            self.management_port
+        ))
+        .expect("pebble /intermediates/0")
+    }
+
     fn curl(&self, url: &str) -> Option<String> {
-        let out = Command::new("curl")
+        let wrapper: Vec<&str> = self.config.wrapper.iter().map(String::as_str).collect();
+        let out = crate::wrapped_command(&wrapper, "curl")
             .args(["-fsS", "--max-time", "5", "--cacert"])
             .arg(&self.https_ca)
             .arg(url)

@@ -19,6 +19,8 @@ pub struct Synapse {
     pub port: u16,
     pub dir: PathBuf,
     pub server_name: String,
+    /// The prefix it runs through (its tools run through it too).
+    wrapper: Vec<String>,
 }
 
 pub struct SynapseOptions<'a> {
@@ -81,13 +83,7 @@ impl Synapse {
             .expect("run generate_signing_key");
         assert!(key.success(), "generate_signing_key failed");
 
-        let mut cmd = if let Some((first, rest)) = opts.wrapper.split_first() {
-            let mut c = Command::new(first);
-            c.args(rest).arg(venv_bin("python"));
-            c
-        } else {
-            Command::new(venv_bin("python"))
-        };
+        let mut cmd = crate::wrapped_command(opts.wrapper, venv_bin("python"));
         cmd.args(["-m", "synapse.app.homeserver", "-c"])
             .arg(sdir.join("homeserver.yaml"))
             .stdin(Stdio::null())
@@ -105,14 +101,15 @@ impl Synapse {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start synapse");
+        let wrapper: Vec<String> = opts.wrapper.iter().map(|s| s.to_string()).collect();
         let mut s = Synapse {
             child,
             port,
             dir: sdir,
             server_name: opts.server_name.to_string(),
+            wrapper: wrapper.clone(),
         };
         let health = format!("http://{}:{port}/health", opts.bind);
-        let wrapper: Vec<String> = opts.wrapper.iter().map(|s| s.to_string()).collect();
         let ready = wait_until(Duration::from_secs(90), || {
             if matches!(s.child.try_wait(), Ok(Some(_))) {
                 return true;
@@ -144,7 +141,8 @@ impl Synapse {
     }
 
     /// Registers a user with the shared secret, through `url` (Synapse itself or Myelin), using
-    /// Synapse's own `register_new_matrix_user`. `ca` is trusted for https URLs.
+    /// Synapse's own `register_new_matrix_user` (run through Synapse's wrapper, so inside its
+    /// namespace when it has one). `ca` is trusted for https URLs.
     pub fn register(
         &self,
         url: &str,
@@ -153,7 +151,8 @@ impl Synapse {
         admin: bool,
         ca: Option<&Path>,
     ) -> Result<(), String> {
-        let mut cmd = Command::new(venv_bin("register_new_matrix_user"));
+        let wrapper: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        let mut cmd = crate::wrapped_command(&wrapper, venv_bin("register_new_matrix_user"));
         cmd.args(["-u", user, "-p", password, "-k", SHARED_SECRET])
             .arg(if admin { "--admin" } else { "--no-admin" })
             .arg(url);
@@ -318,13 +317,8 @@ impl Drop for Synapse {
 }
 
 fn curl_ok(wrapper: &[String], url: &str) -> bool {
-    let mut cmd = if let Some((first, rest)) = wrapper.split_first() {
-        let mut c = Command::new(first);
-        c.args(rest).arg("curl");
-        c
-    } else {
-        Command::new("curl")
-    };
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut cmd = crate::wrapped_command(&wrapper, "curl");
     cmd.args(["-fsS", "--max-time", "2", url])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -334,23 +328,25 @@ fn curl_ok(wrapper: &[String], url: &str) -> bool {
 }
 
 /// Runs the matrix-nio client scenario (`tests/clients/nio_flow.py`); returns its output and
-/// whether it succeeded.
+/// whether it succeeded. Killed (and failed) after 3 minutes.
 pub fn nio_flow(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = Command::new(venv_bin("python"));
+    nio_flow_in(&[], args, env, Duration::from_secs(180))
+}
+
+/// [`nio_flow`] through `wrapper` (e.g. inside a network namespace), killed after `timeout`.
+pub fn nio_flow_in(
+    wrapper: &[&str],
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> (bool, String) {
+    let mut cmd = crate::wrapped_command(wrapper, venv_bin("python"));
     cmd.arg(repo_root().join("tests/clients/nio_flow.py"))
-        .args(args);
+        .args(args)
+        .stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    match cmd.output() {
-        Ok(out) => (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ),
-        Err(e) => (false, e.to_string()),
-    }
+    let (code, out, err) = crate::run_bounded(cmd, timeout);
+    (code == 0, format!("{out}{err}"))
 }

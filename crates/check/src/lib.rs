@@ -36,8 +36,8 @@ use std::time::{Duration, Instant, SystemTime};
 use myelin_well_known::ServerName;
 
 pub use crate::report::{
-    ClientVerdict, FederationVerdict, HomeserverPlan, PlanReport, Report, Resolution, Section,
-    Status, Step,
+    CertificatePlan, ClientVerdict, FederationVerdict, HomeserverPlan, PlanReport, Report,
+    Resolution, Section, Status, Step,
 };
 
 use crate::dns::Dns;

@@ -207,6 +207,19 @@ pub struct HomeserverPlan {
     pub steps: Vec<Step>,
 }
 
+/// A certificate from the ACME CA that serves no homeserver's names (an `[[acme.certificate]]`
+/// such as a wildcard), as `myelin check --config` judges it. Certificates that serve a
+/// homeserver are judged in that homeserver's steps.
+#[derive(Clone, Debug, Serialize)]
+pub struct CertificatePlan {
+    pub names: Vec<String>,
+    /// `http-01`, `tls-alpn-01` or `dns-01`.
+    pub challenge: &'static str,
+    /// Whether the CA can validate it (no failed rule).
+    pub works: bool,
+    pub steps: Vec<Step>,
+}
+
 /// The result of `myelin check --config PATH`.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanReport {
@@ -214,6 +227,7 @@ pub struct PlanReport {
     pub config: String,
     pub works: bool,
     pub homeservers: Vec<HomeserverPlan>,
+    pub certificates: Vec<CertificatePlan>,
     pub warnings: usize,
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use myelin_check::plan::{PlanCertificate, PlanHomeserver, PlanInput, PlanListener};
+use myelin_check::plan::{Challenge, PlanCertificate, PlanHomeserver, PlanInput, PlanListener};
 use myelin_check::{
     ClientVerdict, FederationVerdict, Options, PlanReport, Report, Section, Status, Step,
 };
@@ -136,7 +136,9 @@ async fn check_config_plan(path: &std::path::Path, args: &CheckArgs) -> ExitCode
                 chain: c.key.cert.clone(),
                 self_signed: c.origin == "self-signed",
                 not_after: Some(c.not_after),
+                acme: None,
             })
+            .chain(acme_certificates(plan.acme.as_ref()))
             .collect(),
         homeservers: config
             .homeservers
@@ -168,6 +170,30 @@ async fn check_config_plan(path: &std::path::Path, args: &CheckArgs) -> ExitCode
         }
     }
     ExitCode::from(if report.works { 0 } else { 1 })
+}
+
+/// The certificates `[acme]` would keep, as the plan review sees them: names and challenge,
+/// no chain yet. After the `[[certificate]]`s, as the running certificate store has them (ACME
+/// asks only for names no `[[certificate]]` covers).
+fn acme_certificates(acme: Option<&myelin_acme::AcmeSettings>) -> Vec<PlanCertificate> {
+    acme.map_or(&[][..], |a| &a.certificates[..])
+        .iter()
+        .map(|c| {
+            let challenge = match c.challenge {
+                myelin_acme::ChallengeKind::Http01 => Challenge::Http01,
+                myelin_acme::ChallengeKind::TlsAlpn01 => Challenge::TlsAlpn01,
+                myelin_acme::ChallengeKind::Dns01 => Challenge::Dns01,
+            };
+            PlanCertificate {
+                origin: format!("ACME ({})", challenge.as_str()),
+                names: c.names.clone(),
+                chain: Vec::new(),
+                self_signed: false,
+                not_after: None,
+                acme: Some(challenge),
+            }
+        })
+        .collect()
 }
 
 /// Prints a report as JSON or as text.
@@ -280,12 +306,29 @@ pub fn render_plan(r: &PlanReport) -> String {
             render_step(&mut out, "  ", step);
         }
     }
+    for c in &r.certificates {
+        let _ = writeln!(
+            out,
+            "\nACME certificate {} ({})",
+            c.names.join(", "),
+            c.challenge
+        );
+        for step in &c.steps {
+            render_step(&mut out, "  ", step);
+        }
+    }
     let _ = writeln!(out);
-    let failing: Vec<&str> = r
+    let failing: Vec<String> = r
         .homeservers
         .iter()
         .filter(|h| !h.works)
-        .map(|h| h.server_name.as_str())
+        .map(|h| h.server_name.clone())
+        .chain(
+            r.certificates
+                .iter()
+                .filter(|c| !c.works)
+                .map(|c| format!("the certificate for {}", c.names.join(", "))),
+        )
         .collect();
     if failing.is_empty() {
         let _ = writeln!(out, "✔ The plan can work for every homeserver.");

@@ -2,14 +2,16 @@
 //! a configuration can work, judged without the network.
 //!
 //! The judgement is a list of [`Rule`]s ([`RULES`]), each a plain function of the facts taken
-//! from the configuration. A new configuration feature adds its facts to [`PlanHomeserver`] (or
-//! [`PlanInput`]) and its rules to the list; nothing else changes. Rules planned for ACME
-//! (`[acme]`, per-homeserver `acme` / `challenge`):
-//! - `srv_needs_dns01`: SRV-only delegation needs a certificate for the server name on a machine
-//!   the name does not point to, so its ACME challenge must be dns-01;
-//! - `http01_needs_port_80` / `tls_alpn01_needs_443`: the challenge's port must be a listener,
-//!   and the names must point here;
-//! - `wildcard_needs_dns01`.
+//! from the configuration, run for every homeserver; and [`CertificateRule`]s
+//! ([`CERTIFICATE_RULES`]), run for every certificate Myelin gets from an ACME CA: under the
+//! homeservers whose names it serves, or on its own ([`crate::CertificatePlan`]) when it serves
+//! none. A new configuration feature adds its facts to [`PlanHomeserver`], [`PlanCertificate`]
+//! (or [`PlanInput`]) and its rules to a list; nothing else changes.
+//!
+//! The ACME rules: `srv_needs_dns01` (with SRV delegation other servers ask this machine for a
+//! certificate for a name that usually points elsewhere, which only dns-01 can get here),
+//! `http01_needs_port_80`, `tls_alpn01_needs_443` (the port the CA connects to must be a
+//! listener) and `wildcard_needs_dns01`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -18,11 +20,13 @@ use std::time::{Duration, SystemTime};
 use myelin_well_known::{HostKind, ServerName};
 use rustls_pki_types::CertificateDer;
 
-use crate::report::{HomeserverPlan, PlanReport, SCHEMA, Section, Status, Step};
+use crate::report::{CertificatePlan, HomeserverPlan, PlanReport, SCHEMA, Section, Status, Step};
 use crate::tls::{TlsName, Trust, names_cover};
 
+mod acme;
 mod rules;
 
+pub use acme::{CERTIFICATE_RULES, CertificateRule};
 pub use rules::{RULES, Rule};
 
 /// What the configuration says, as the plan review needs it.
@@ -41,9 +45,30 @@ pub struct PlanListener {
     pub tls: bool,
 }
 
+/// How an ACME CA validates that Myelin controls a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    /// The CA fetches `http://NAME/.well-known/acme-challenge/…` on port 80.
+    Http01,
+    /// The CA connects to port 443 of NAME with ALPN `acme-tls/1`.
+    TlsAlpn01,
+    /// A TXT record at `_acme-challenge.NAME`: no port, works wherever NAME points.
+    Dns01,
+}
+
+impl Challenge {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Challenge::Http01 => "http-01",
+            Challenge::TlsAlpn01 => "tls-alpn-01",
+            Challenge::Dns01 => "dns-01",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PlanCertificate {
-    /// A path or "self-signed".
+    /// A path, "self-signed", or for ACME "ACME (CHALLENGE)".
     pub origin: String,
     /// DNS names (wildcards as `*.example.com`) and IP addresses.
     pub names: Vec<String>,
@@ -51,11 +76,19 @@ pub struct PlanCertificate {
     pub chain: Vec<CertificateDer<'static>>,
     pub self_signed: bool,
     pub not_after: Option<SystemTime>,
+    /// Obtained from the ACME CA with this challenge (`None`: a `[[certificate]]`). Such a
+    /// certificate has no chain yet: the CA's, trusted by other servers, is assumed.
+    pub acme: Option<Challenge>,
 }
 
 impl PlanCertificate {
     pub fn covers(&self, name: &TlsName) -> bool {
         names_cover(&self.names, name)
+    }
+
+    /// Its names, for messages.
+    pub fn names_text(&self) -> String {
+        self.names.join(", ")
     }
 }
 
@@ -92,13 +125,31 @@ impl Facts<'_> {
         self.tls_ports().contains(&port)
     }
 
+    /// Ports of the plain-HTTP listeners (`tls = false`).
+    pub fn plain_ports(&self) -> BTreeSet<u16> {
+        self.input
+            .listeners
+            .iter()
+            .filter(|l| !l.tls)
+            .map(|l| l.bind.port())
+            .collect()
+    }
+
     pub(crate) fn ports_text(&self) -> String {
-        let ports: Vec<String> = self.tls_ports().iter().map(u16::to_string).collect();
-        if ports.is_empty() {
-            "none".into()
-        } else {
-            ports.join(", ")
+        ports_text(&self.tls_ports())
+    }
+
+    /// The ACME certificates served for this homeserver's names, each once.
+    pub fn acme_certs_for(&self, h: &Homeserver<'_>) -> Vec<&PlanCertificate> {
+        let mut out: Vec<&PlanCertificate> = Vec::new();
+        for name in h.names() {
+            if let Some(c) = self.cert_for(&TlsName::for_host(&name)) {
+                if c.acme.is_some() && !out.iter().any(|o| std::ptr::eq(*o, c)) {
+                    out.push(c);
+                }
+            }
         }
+        out
     }
 
     /// The certificate the listener would serve for `name`: the first whose names cover it.
@@ -141,6 +192,19 @@ impl Homeserver<'_> {
                 .any(|h| ServerName::parse(h).is_ok_and(|sn| sn.host == host))
     }
 
+    /// The host names Myelin answers for this homeserver: the server name's and `hosts`.
+    pub fn names(&self) -> Vec<String> {
+        std::iter::once(self.name.host.clone())
+            .chain(
+                self.hs
+                    .hosts
+                    .iter()
+                    .filter_map(|h| ServerName::parse(h).ok())
+                    .map(|sn| sn.host),
+            )
+            .collect()
+    }
+
     /// The host other servers connect to and the certificate name they ask for.
     pub fn federation_host(&self) -> ServerName {
         match &self.mode {
@@ -158,6 +222,8 @@ pub fn review(input: &PlanInput, trust: &Trust) -> PlanReport {
         now: SystemTime::now(),
     };
     let mut homeservers = Vec::new();
+    // ACME certificates judged under a homeserver
+    let mut used: Vec<&PlanCertificate> = Vec::new();
     for hs in &input.homeservers {
         let Ok(name) = ServerName::parse(&hs.server_name) else {
             homeservers.push(HomeserverPlan {
@@ -178,6 +244,12 @@ pub fn review(input: &PlanInput, trust: &Trust) -> PlanReport {
         for rule in RULES {
             steps.extend((rule.check)(&facts, &h));
         }
+        for cert in facts.acme_certs_for(&h) {
+            for rule in CERTIFICATE_RULES {
+                steps.extend((rule.check)(&facts, cert));
+            }
+            used.push(cert);
+        }
         homeservers.push(HomeserverPlan {
             server_name: hs.server_name.clone(),
             delegation: describe_mode(&h),
@@ -185,16 +257,37 @@ pub fn review(input: &PlanInput, trust: &Trust) -> PlanReport {
             steps,
         });
     }
+    // ACME certificates no homeserver uses: judged on their own
+    let certificates: Vec<CertificatePlan> = input
+        .certificates
+        .iter()
+        .filter(|c| !used.iter().any(|u| std::ptr::eq(*u, *c)))
+        .filter_map(|c| {
+            let challenge = c.acme?;
+            let steps: Vec<Step> = CERTIFICATE_RULES
+                .iter()
+                .flat_map(|rule| (rule.check)(&facts, c))
+                .collect();
+            Some(CertificatePlan {
+                names: c.names.clone(),
+                challenge: challenge.as_str(),
+                works: steps.iter().all(|s| s.status != Status::Fail),
+                steps,
+            })
+        })
+        .collect();
     let warnings = homeservers
         .iter()
         .flat_map(|h| &h.steps)
+        .chain(certificates.iter().flat_map(|c| &c.steps))
         .filter(|s| s.status == Status::Warn)
         .count();
     PlanReport {
         schema: SCHEMA,
         config: input.config.clone(),
-        works: homeservers.iter().all(|h| h.works),
+        works: homeservers.iter().all(|h| h.works) && certificates.iter().all(|c| c.works),
         homeservers,
+        certificates,
         warnings,
     }
 }
@@ -216,6 +309,18 @@ fn mode_of(hs: &PlanHomeserver, name: &ServerName) -> Mode {
             Some(target) => Mode::WellKnownNoPort { target },
             None => Mode::NoWellKnown,
         },
+    }
+}
+
+pub(crate) fn ports_text(ports: &BTreeSet<u16>) -> String {
+    if ports.is_empty() {
+        "none".into()
+    } else {
+        ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -254,6 +359,7 @@ mod tests {
             chain: Vec::new(),
             self_signed: false,
             not_after: Some(SystemTime::now() + Duration::from_secs(60 * 86_400)),
+            acme: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The rules of the plan review, each a plain function of the facts; [`RULES`] is the list
-//! [`super::review`] runs, in the order the report shows them. To add a rule (ACME ones are
-//! listed in the module documentation of [`super`]), write its function and add it here.
+//! [`super::review`] runs for every homeserver, in the order the report shows them. To add a
+//! rule, write its function and add it here (rules about ACME certificates: [`super::acme`]).
 
 use myelin_well_known::{HostKind, ServerName};
 
@@ -31,6 +31,10 @@ pub const RULES: &[Rule] = &[
         check: rule_federation_certificate,
     },
     Rule {
+        id: "srv_needs_dns01",
+        check: super::acme::rule_srv_needs_dns01,
+    },
+    Rule {
         id: "federation_port",
         check: rule_federation_port,
     },
@@ -44,7 +48,8 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
-fn plan(status: Status, check: &'static str, message: String) -> Step {
+/// A step of the plan review.
+pub(super) fn plan(status: Status, check: &'static str, message: String) -> Step {
     Step::new(Section::Plan, check, status, message)
 }
 
@@ -165,7 +170,13 @@ fn rule_federation_certificate(facts: &Facts<'_>, h: &Homeserver<'_>) -> Vec<Ste
         None => vec![plan(
             Status::Ok,
             "federation_certificate",
-            format!("a certificate for {name} is configured{why}"),
+            match facts.cert_for(&name).and_then(|c| c.acme) {
+                Some(challenge) => format!(
+                    "a certificate for {name} comes from the ACME CA by {}{why}",
+                    challenge.as_str()
+                ),
+                None => format!("a certificate for {name} is configured{why}"),
+            },
         )],
     }
 }
