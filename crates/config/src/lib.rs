@@ -39,6 +39,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "log",
     "acme",
     "metrics",
+    "runtime",
 ];
 
 /// Reads and validates the configuration file at `path`.
@@ -68,6 +69,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
     let mut log = Log::default();
     let mut acme_config = None;
     let mut metrics = None;
+    let mut runtime = Runtime::default();
 
     for (key, value) in root.get_ref().iter() {
         let name = key.get_ref().as_ref();
@@ -102,6 +104,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
             "limits" => {
                 if let Some(raw) = table_block::<RawLimits>(&mut doc, value, "limits") {
                     limits = convert_limits(&mut doc, raw);
+                }
+            }
+            "runtime" => {
+                if let Some(raw) = table_block::<RawRuntime>(&mut doc, value, "runtime") {
+                    runtime = convert_runtime(&mut doc, raw);
                 }
             }
             "log" => {
@@ -149,7 +156,25 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
         log,
         acme: acme_config,
         metrics,
+        runtime,
     })
+}
+
+fn convert_runtime(doc: &mut Document<'_>, raw: RawRuntime) -> Runtime {
+    let worker_threads = raw
+        .worker_threads
+        .and_then(|w| match usize::try_from(*w.get_ref()) {
+            Ok(n) if (1..=1024).contains(&n) => Some(n),
+            _ => {
+                doc.error(
+                    Some(w.span()),
+                    "runtime.worker_threads",
+                    "expected a number of threads from 1 to 1024",
+                );
+                None
+            }
+        });
+    Runtime { worker_threads }
 }
 
 fn table_block<T: serde::de::DeserializeOwned>(

@@ -35,6 +35,14 @@ pub struct Config {
     pub acme: Option<crate::acme::Acme>,
     /// `[metrics]`: absent, no metrics endpoint.
     pub metrics: Option<Metrics>,
+    pub runtime: Runtime,
+}
+
+/// `[runtime]`: how the process runs (takes effect at start, not on reload).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Runtime {
+    /// Threads serving connections; `None`: one per CPU core.
+    pub worker_threads: Option<usize>,
 }
 
 /// `[[listener]]`: one socket.

@@ -132,6 +132,13 @@ pub struct RawLimits {
     pub shutdown_timeout: Option<HumanDuration>,
 }
 
+/// `[runtime]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub worker_threads: Option<Spanned<i64>>,
+}
+
 /// `[log]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

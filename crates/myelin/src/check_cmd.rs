@@ -51,7 +51,7 @@ fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
 }
 
 pub fn run(args: CheckArgs) -> ExitCode {
-    let rt = match crate::runtime() {
+    let rt = match crate::runtime(None) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

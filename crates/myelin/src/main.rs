@@ -93,10 +93,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        b.worker_threads(n);
+    }
+    b.enable_all().build()
 }
 
 fn check_config(path: &Path) -> ExitCode {
@@ -104,7 +106,7 @@ fn check_config(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(errors) => return config_failure(&errors),
     };
-    let rt = match runtime() {
+    let rt = match runtime(None) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -150,7 +152,7 @@ fn run(config: Config, log_format: Option<&str>, embedded: bool) -> ExitCode {
         }
     }
     telemetry::init(&log);
-    let rt = match runtime() {
+    let rt = match runtime(config.runtime.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
