@@ -4,8 +4,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,7 +17,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::debug;
@@ -204,50 +203,48 @@ async fn drive<H, C>(
     }
 }
 
-/// Requests in flight on one connection, and since when it has had none.
+/// Requests in flight on one connection, and since when it has had none. Requests only touch
+/// two atomics; the idle watcher wakes on its own deadline, not on every request.
 struct Activity {
     active: AtomicUsize,
-    idle_since: Mutex<Instant>,
-    changed: Notify,
+    born: Instant,
+    /// When the last request finished, in milliseconds after `born`.
+    idle_since_ms: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Self {
         Activity {
             active: AtomicUsize::new(0),
-            idle_since: Mutex::new(Instant::now()),
-            changed: Notify::new(),
+            born: Instant::now(),
+            idle_since_ms: AtomicU64::new(0),
         }
     }
 
     fn begin(self: &Arc<Self>) -> ActivityGuard {
         self.active.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
         ActivityGuard(self.clone())
     }
 
     fn idle_since(&self) -> Instant {
-        *self.idle_since.lock().unwrap_or_else(|p| p.into_inner())
+        self.born + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
     }
 
-    /// Resolves once the connection has had no request in flight for `idle`.
+    /// Resolves once the connection has had no request in flight for `idle`. While requests
+    /// are in flight it looks again every `idle`, so a connection that goes quiet is closed
+    /// between `idle` and twice `idle` after its last request.
     async fn idle_expired(&self, idle: Duration) {
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.active.load(Ordering::Acquire) == 0 {
-                let since = self.idle_since();
-                tokio::select! {
-                    _ = tokio::time::sleep_until(since + idle) => {
-                        if self.active.load(Ordering::Acquire) == 0 && self.idle_since() == since {
-                            return;
-                        }
-                    }
-                    _ = changed => {}
-                }
+            let deadline = if self.active.load(Ordering::Acquire) == 0 {
+                self.idle_since() + idle
             } else {
-                changed.await;
+                Instant::now() + idle
+            };
+            tokio::time::sleep_until(deadline).await;
+            if self.active.load(Ordering::Acquire) == 0
+                && Instant::now() >= self.idle_since() + idle
+            {
+                return;
             }
         }
     }
@@ -257,10 +254,11 @@ struct ActivityGuard(Arc<Activity>);
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        }
-        self.0.changed.notify_waiters();
+        let a = &self.0;
+        // Mark the time first, then leave: the watcher never sees "idle" with a stale time.
+        let ms = a.born.elapsed().as_millis() as u64;
+        a.idle_since_ms.fetch_max(ms, Ordering::AcqRel);
+        a.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -17,12 +17,17 @@ use myelin_router::ProxyBody;
 /// Target of access-log events (filter on it, e.g. `RUST_LOG=myelin::access=off`).
 pub const ACCESS_TARGET: &str = "myelin::access";
 
+/// What is known of a request when its response is finished. Built for every request, so it
+/// allocates nothing unless the access log is on.
 pub struct AccessRecord {
+    /// Log the request (`[log] access_log`); metrics are counted either way.
     pub enabled: bool,
     pub peer: IpAddr,
+    /// Only kept when the access log is on.
     pub host: Option<String>,
     pub method: http::Method,
-    pub path: String,
+    /// Only kept when the access log is on; redacted when written.
+    pub path: Option<http::uri::PathAndQuery>,
     pub version: &'static str,
     pub status: u16,
     pub started: Instant,
@@ -30,7 +35,7 @@ pub struct AccessRecord {
     pub upstream: Option<Arc<str>>,
     /// The upstream pool the route table chose.
     pub pool: Option<Arc<str>>,
-    pub homeserver: Option<String>,
+    pub metrics: Arc<RequestMetrics>,
     pub listener: Arc<str>,
 }
 
@@ -39,23 +44,102 @@ impl AccessRecord {
         req: &Request<Incoming>,
         conn: &ConnInfo,
         peer: IpAddr,
-        host: Option<String>,
+        log: Option<&str>,
+        metrics: Arc<RequestMetrics>,
         started: Instant,
     ) -> Self {
+        let enabled = log.is_some();
         AccessRecord {
-            enabled: true,
+            enabled,
             peer,
-            host,
+            host: log.filter(|h| !h.is_empty()).map(str::to_owned),
             method: req.method().clone(),
-            path: redact(req.uri().path_and_query().map_or("", |p| p.as_str())),
+            path: if enabled {
+                req.uri().path_and_query().cloned()
+            } else {
+                None
+            },
             version: if conn.h2 { "HTTP/2" } else { "HTTP/1.1" },
             status: 0,
             started,
             route: "",
             upstream: None,
             pool: None,
-            homeserver: None,
+            metrics,
             listener: conn.listener.clone(),
+        }
+    }
+}
+
+/// Routes a request can take (the `route` label); anything else is counted the slow way.
+const ROUTES: [&str; 7] = [
+    "matrix",
+    "admin",
+    "not_served",
+    "well_known",
+    "unknown_host",
+    "redirect",
+    "acme_challenge",
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The request metrics of one homeserver, registered on first use and then reused: looking a
+/// metric up by name and labels on every request costs more than the rest of the bookkeeping.
+pub struct RequestMetrics {
+    homeserver: Arc<str>,
+    counters: [[OnceLock<metrics::Counter>; CLASSES.len()]; ROUTES.len()],
+    durations: [OnceLock<metrics::Histogram>; ROUTES.len()],
+}
+
+impl RequestMetrics {
+    pub fn new(homeserver: &str) -> Self {
+        RequestMetrics {
+            homeserver: Arc::from(homeserver),
+            counters: Default::default(),
+            durations: Default::default(),
+        }
+    }
+
+    /// The metrics of requests for hosts no homeserver serves.
+    pub fn unknown_host() -> Arc<RequestMetrics> {
+        static UNKNOWN: OnceLock<Arc<RequestMetrics>> = OnceLock::new();
+        UNKNOWN
+            .get_or_init(|| Arc::new(RequestMetrics::new("")))
+            .clone()
+    }
+
+    fn record(&self, route: &'static str, status: u16, seconds: f64) {
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        let hs = || self.homeserver.to_string();
+        match ROUTES.iter().position(|r| *r == route) {
+            Some(i) => {
+                self.counters[i][class]
+                    .get_or_init(|| {
+                        metrics::counter!("myelin_requests_total", "homeserver" => hs(),
+                            "route" => route, "status_class" => CLASSES[class])
+                    })
+                    .increment(1);
+                self.durations[i]
+                    .get_or_init(|| {
+                        metrics::histogram!("myelin_request_duration_seconds",
+                            "homeserver" => hs(), "route" => route)
+                    })
+                    .record(seconds);
+            }
+            None => {
+                metrics::counter!("myelin_requests_total", "homeserver" => hs(),
+                    "route" => route, "status_class" => CLASSES[class])
+                .increment(1);
+                metrics::histogram!("myelin_request_duration_seconds",
+                    "homeserver" => hs(), "route" => route)
+                .record(seconds);
+            }
         }
     }
 }
@@ -148,32 +232,17 @@ impl Body for LoggedBody {
 
 fn finish(r: &AccessRecord, bytes: u64, complete: bool) {
     let elapsed = r.started.elapsed();
-    let homeserver = r.homeserver.clone().unwrap_or_default();
-    let class = match r.status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    metrics::counter!(
-        "myelin_requests_total",
-        "homeserver" => homeserver.clone(),
-        "route" => r.route,
-        "status_class" => class
-    )
-    .increment(1);
-    metrics::histogram!("myelin_request_duration_seconds", "homeserver" => homeserver, "route" => r.route)
-        .record(elapsed.as_secs_f64());
+    r.metrics.record(r.route, r.status, elapsed.as_secs_f64());
     if !r.enabled {
         return;
     }
+    let path = redact(r.path.as_ref().map_or("", |p| p.as_str()));
     tracing::info!(
         target: ACCESS_TARGET,
         peer = %r.peer,
         host = r.host.as_deref().unwrap_or("-"),
         method = %r.method,
-        path = %r.path,
+        path = %path,
         version = r.version,
         status = r.status,
         bytes,

@@ -1,6 +1,7 @@
 //! The one service every request reaches: host → homeserver, then well-known or the router.
 //! Plain-HTTP listeners only redirect to HTTPS.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -13,10 +14,10 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use myelin_listener::{ConnInfo, Handler};
-use myelin_router::{ClientContext, ProxyBody, ProxyError, RouteInfo};
+use myelin_router::{ClientContext, ProxyBody, ProxyError};
 use myelin_well_known::WellKnown;
 
-use crate::access::{AccessRecord, LoggedBody};
+use crate::access::{AccessRecord, LoggedBody, RequestMetrics};
 use crate::plan::{ListenerPolicy, Plan, Site};
 
 /// What requests are answered from; replaced whole on reload.
@@ -65,11 +66,12 @@ async fn handle(
     let policy = state.policies.get(conn.listener.as_ref());
     let client_ip = client_ip(&req, &conn, policy);
     let host = request_host(&req);
-    let mut record = AccessRecord::new(&req, &conn, client_ip, host.clone(), started);
     let site = host.as_deref().and_then(|h| state.sites.get(h)).cloned();
-    if let Some(site) = &site {
-        record.homeserver = Some(site.server_name.clone());
-    }
+    let metrics = site
+        .as_ref()
+        .map_or_else(RequestMetrics::unknown_host, |s| s.metrics.clone());
+    let log = state.access_log.then(|| host.as_deref().unwrap_or(""));
+    let mut record = AccessRecord::new(&req, &conn, client_ip, log, metrics, started);
 
     let resp: Response<ProxyBody> = if let Some(key_authorization) = acme {
         record.route = "acme_challenge";
@@ -102,12 +104,10 @@ async fn handle(
                         https: true,
                         h2: conn.h2,
                     };
-                    let resp = site.router.clone().handle(req, ctx).await;
-                    if let Some(info) = resp.extensions().get::<RouteInfo>() {
-                        record.route = info.route;
-                        record.upstream = info.upstream.clone();
-                        record.pool = info.pool.clone();
-                    }
+                    let (resp, info) = site.router.clone().handle(req, ctx).await;
+                    record.route = info.route;
+                    record.upstream = info.upstream;
+                    record.pool = info.pool;
                     resp
                 }
             }
@@ -119,20 +119,21 @@ async fn handle(
 }
 
 /// The host the request is for: `Host`, or the authority of an HTTP/2 or absolute-form request;
-/// lower-case, without port or trailing dot.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })?;
-    let raw = raw.rsplit_once('@').map_or(raw.as_str(), |(_, h)| h);
-    myelin_config::host_key(raw)
+/// lower-case, without port or trailing dot. Borrowed from the request when it is already in
+/// that form (the usual case), so looking a site up costs no allocation.
+fn request_host(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
+    let (host, _) = myelin_config::split_host_port(raw.trim())?;
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
 }
 
 /// The client's address: the peer, or what a trusted proxy in front says it is.

@@ -25,6 +25,11 @@ const EXIT_CONFIG: u8 = 64;
 /// Exit code for a failure while running (a port in use, a signal handler that cannot be set).
 const EXIT_RUNTIME: u8 = 1;
 
+/// mimalloc: per-thread free lists suit a proxy's many short-lived request allocations better
+/// than glibc's arenas (measured in bench/run).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_CONFIG: &str = "/etc/myelin/myelin.toml";
 
 /// The configuration `myelin run --embedded-default` uses: a self-signed certificate for

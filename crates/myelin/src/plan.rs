@@ -21,6 +21,8 @@ use myelin_well_known::{
 /// One homeserver as served: its documents and its router.
 pub struct Site {
     pub server_name: String,
+    /// Request counters and durations of this homeserver, registered once.
+    pub metrics: Arc<crate::access::RequestMetrics>,
     pub well_known: WellKnown,
     pub router: Arc<HomeserverRouter>,
 }
@@ -320,6 +322,7 @@ fn site(
         (Some(well_known), Some(router)) if errors.is_empty() => Ok((
             Site {
                 server_name: h.server_name.value.clone(),
+                metrics: Arc::new(crate::access::RequestMetrics::new(&h.server_name.value)),
                 well_known,
                 router: Arc::new(router),
             },

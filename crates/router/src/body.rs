@@ -93,7 +93,7 @@ impl Body for RequestBody {
 /// A response body: the upstream's, streamed as it arrives, or a small one of Myelin's own.
 pub enum ProxyBody {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(crate::client::UpstreamBody),
 }
 
 impl ProxyBody {

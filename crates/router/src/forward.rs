@@ -3,7 +3,7 @@
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::uri::{Authority, Scheme, Uri};
+use http::uri::Uri;
 
 use crate::body::BodyError;
 use crate::upstream::error_chain;
@@ -37,11 +37,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 
 /// Rewrites the request head for the upstream, in place: same method, same request-target bytes,
 /// same headers but hop-by-hop and forwarding ones, `Host` kept (or made from `:authority`).
-pub fn prepare_request(
-    parts: &mut Parts,
-    upstream: &Authority,
-    client: &ClientContext,
-) -> Result<(), ProxyError> {
+pub fn prepare_request(parts: &mut Parts, client: &ClientContext) -> Result<(), ProxyError> {
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -59,39 +55,72 @@ pub fn prepare_request(
     if client.h2 {
         join_cookies(&mut parts.headers);
     }
-    strip_hop_by_hop(&mut parts.headers);
-    for h in &FORWARDING {
-        parts.headers.remove(h);
-    }
-    let ip = HeaderValue::from_str(&client.ip.to_string()).map_err(|_| ProxyError::BadTarget)?;
-    parts.headers.insert(X_FORWARDED_FOR.clone(), ip);
+    strip(&mut parts.headers, &FORWARDING);
+    parts
+        .headers
+        .insert(X_FORWARDED_FOR.clone(), ip_header(client.ip));
     parts.headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if client.https { "https" } else { "http" }),
     );
 
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(upstream.clone());
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadTarget)?;
+    // Origin-form, exactly the bytes the client sent: hyper writes the URI as it is.
+    parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
     Ok(())
 }
 
+thread_local! {
+    /// The last client address written, as a header value: keep-alive clients send many
+    /// requests in a row, and formatting an address costs more than the rest of the header work.
+    static LAST_CLIENT: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `ip` as an `X-Forwarded-For` value.
+fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
+    LAST_CLIENT.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, value)) = last.as_ref() {
+            if *cached == ip {
+                return value.clone();
+            }
+        }
+        // An address's text is always a valid header value.
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        *last = Some((ip, value.clone()));
+        value
+    })
+}
+
 /// Removes hop-by-hop headers and any header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for h in named {
-        headers.remove(h);
+    strip(headers, &[]);
+}
+
+/// Removes hop-by-hop headers, the headers `Connection` names, and `also`. One pass over the
+/// names present rather than a lookup per unwanted name: most requests carry none of them.
+fn strip(headers: &mut HeaderMap, also: &[HeaderName]) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut connection = false;
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) || also.contains(name) {
+            connection |= name == header::CONNECTION;
+            doomed.push(name.clone());
+        }
     }
-    for h in &HOP_BY_HOP {
+    if connection {
+        doomed.extend(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+        );
+    }
+    for h in doomed {
         headers.remove(h);
     }
 }
@@ -123,7 +152,7 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// What a failed upstream exchange means for the client.
-pub fn classify_client_error(e: &hyper_util::client::legacy::Error) -> ProxyError {
+pub fn classify_client_error(e: &crate::client::ClientError) -> ProxyError {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(b) = err.downcast_ref::<BodyError>() {
@@ -185,9 +214,9 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        prepare_request(&mut p, &"127.0.0.1:8008".parse().unwrap(), &client(false)).unwrap();
+        prepare_request(&mut p, &client(false)).unwrap();
         assert_eq!(p.uri.path_and_query().unwrap().as_str(), target);
-        assert_eq!(p.uri.authority().unwrap().as_str(), "127.0.0.1:8008");
+        assert!(p.uri.authority().is_none(), "origin-form upstream");
         assert_eq!(p.headers["host"], "Example.com:8448");
         let auth: Vec<_> = p.headers.get_all("authorization").iter().collect();
         assert_eq!(auth.len(), 2);
@@ -212,13 +241,10 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        prepare_request(&mut p, &"127.0.0.1:8008".parse().unwrap(), &client(true)).unwrap();
+        prepare_request(&mut p, &client(true)).unwrap();
         assert_eq!(p.headers["host"], "matrix.example.com");
         assert_eq!(p.headers["cookie"], "a=1; b=2");
-        assert_eq!(
-            p.uri.to_string(),
-            "http://127.0.0.1:8008/_synapse/client/sso?x=1"
-        );
+        assert_eq!(p.uri.to_string(), "/_synapse/client/sso?x=1");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 mod balance;
 pub mod body;
+mod client;
 mod error;
 pub mod forward;
 mod health;
@@ -81,7 +82,7 @@ pub struct ClientContext {
     pub h2: bool,
 }
 
-/// What happened to a request, for the access log (found in the response's extensions).
+/// What happened to a request, for the access log.
 #[derive(Clone, Debug)]
 pub struct RouteInfo {
     pub route: &'static str,
@@ -99,6 +100,8 @@ pub struct HomeserverRouter {
     routes: RouteTable,
     /// Running health checks, stopped when the router is dropped.
     health: Mutex<Option<Vec<AbortHandle>>>,
+    /// `myelin_upstream_duration_seconds` of this homeserver, registered once.
+    upstream_duration: metrics::Histogram,
 }
 
 /// Errors building a router.
@@ -153,11 +156,14 @@ impl HomeserverRouter {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let routes = RouteTable::new(&settings.routes, targets)?;
+        let upstream_duration = metrics::histogram!("myelin_upstream_duration_seconds",
+            "homeserver" => settings.server_name.clone());
         Ok(HomeserverRouter {
             settings,
             pools,
             routes,
             health: Mutex::new(None),
+            upstream_duration,
         })
     }
 
@@ -190,7 +196,7 @@ impl HomeserverRouter {
         self: Arc<Self>,
         req: Request<Incoming>,
         client: ClientContext,
-    ) -> Response<ProxyBody> {
+    ) -> (Response<ProxyBody>, RouteInfo) {
         let route = self.classify(req.uri().path());
         let (label, result) = match route {
             Route::Forward => ("matrix", self.forward(req, client).await),
@@ -223,13 +229,13 @@ impl HomeserverRouter {
             Ok((served_by, resp)) => (served_by, Ok(resp)),
             Err((served_by, e)) => (served_by, Err(e)),
         };
-        let mut resp = result.unwrap_or_else(ProxyError::into_response);
-        resp.extensions_mut().insert(RouteInfo {
+        let resp = result.unwrap_or_else(ProxyError::into_response);
+        let info = RouteInfo {
             route: label,
             upstream: served_by.as_ref().map(|s| s.server.clone()),
             pool: served_by.map(|s| s.pool),
-        });
-        resp
+        };
+        (resp, info)
     }
 
     /// Forwards to the pool the route table picks. Returns which server answered, or was tried
@@ -269,8 +275,7 @@ impl HomeserverRouter {
                 server: pool.servers[i].label.clone(),
             })
         };
-        forward::prepare_request(&mut parts, &pool.servers[index].authority, &client)
-            .map_err(|e| (served_by(index), e))?;
+        forward::prepare_request(&mut parts, &client).map_err(|e| (served_by(index), e))?;
         // A copy of the head for a second attempt, when the pool has another server.
         let head = (pool.servers.len() > 1).then(|| copy_head(&parts));
         let (body, unsent) =
@@ -289,7 +294,7 @@ impl HomeserverRouter {
         let exchange = self.exchange(attempt, upstream_req);
         let sent = tokio::time::timeout(s.upstream_timeout, exchange).await;
         index = current.load(Ordering::Relaxed);
-        metrics::histogram!("myelin_upstream_duration_seconds", "homeserver" => s.server_name.clone())
+        self.upstream_duration
             .record(started.elapsed().as_secs_f64());
         let resp = match sent {
             Err(_) => {
@@ -317,7 +322,7 @@ impl HomeserverRouter {
         &self,
         attempt: Attempt<'_>,
         mut req: Request<RetryableBody>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+    ) -> Result<Response<client::UpstreamBody>, client::ClientError> {
         let s = &self.settings;
         let pool = attempt.pool;
         let mut retried = false;
@@ -354,7 +359,7 @@ impl HomeserverRouter {
                 return Err(e);
             };
             let (body, _) = RetryableBody::new(body);
-            let Some(again) = retry_request(head, &pool.servers[next].authority, body) else {
+            let Some(again) = retry_request(head, body) else {
                 return Err(e);
             };
             retried = true;
@@ -413,19 +418,11 @@ fn copy_head(parts: &http::request::Parts) -> Head {
     }
 }
 
-/// The same request for another server: only the URI's authority changes.
-fn retry_request(
-    head: &Head,
-    authority: &http::uri::Authority,
-    body: RetryableBody,
-) -> Option<Request<RetryableBody>> {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(authority.clone());
-    uri.path_and_query = head.path_and_query.clone();
+/// The same request again, for another server.
+fn retry_request(head: &Head, body: RetryableBody) -> Option<Request<RetryableBody>> {
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
-    *req.uri_mut() = http::Uri::from_parts(uri).ok()?;
+    *req.uri_mut() = http::Uri::from(head.path_and_query.clone()?);
     *req.version_mut() = head.version;
     *req.headers_mut() = head.headers.clone();
     Some(req)

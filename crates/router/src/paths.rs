@@ -34,6 +34,10 @@ pub fn classify(raw_path: &str, extra_prefixes: &[String]) -> Route {
 
 /// Whether the path reaches Synapse's admin API, raw or as the homeserver decodes it.
 pub fn is_admin(raw_path: &str) -> bool {
+    // Fast path: a path with nothing to decode or resolve is what it says (most requests).
+    if !raw_path.contains(['%', '.']) && !raw_path.contains("//") {
+        return raw_path == "/_synapse/admin" || raw_path.starts_with("/_synapse/admin/");
+    }
     let segments = normalized_segments(raw_path);
     matches!(segments.as_slice(), [first, second, ..] if first == "_synapse" && second == "admin")
 }

@@ -10,7 +10,8 @@ use http::uri::Authority;
 
 use crate::RouterError;
 use crate::balance::{self, Balance};
-use crate::upstream::{self, UpstreamAddr, UpstreamClient};
+use crate::client::UpstreamClient;
+use crate::upstream::UpstreamAddr;
 
 /// One `[homeserver.upstreams.NAME]`.
 #[derive(Clone, Debug)]
@@ -134,7 +135,7 @@ impl Server {
             seed: balance::seed(&label),
             label,
             authority,
-            client: upstream::client(addr, connect_timeout),
+            client: UpstreamClient::new(addr, connect_timeout),
             active_ok: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),

@@ -89,7 +89,7 @@ async fn front(router: Arc<HomeserverRouter>) -> SocketAddr {
                         https: true,
                         h2: false,
                     };
-                    async move { Ok::<_, Infallible>(router.handle(req, ctx).await) }
+                    async move { Ok::<_, Infallible>(router.handle(req, ctx).await.0) }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)

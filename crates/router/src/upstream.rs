@@ -9,12 +9,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, UnixStream};
-
-use crate::retry::RetryableBody;
 
 /// Where an upstream listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -41,24 +38,6 @@ impl std::fmt::Display for UpstreamAddr {
             UpstreamAddr::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
-}
-
-/// A pooled HTTP/1.1 client for one upstream.
-pub(crate) type UpstreamClient = Client<UpstreamConnector, RetryableBody>;
-
-/// How long an unused upstream connection stays in the pool.
-const POOL_IDLE: Duration = Duration::from_secs(90);
-/// Idle connections kept per upstream.
-const POOL_MAX_IDLE: usize = 512;
-
-pub(crate) fn client(addr: &UpstreamAddr, connect_timeout: Duration) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(POOL_MAX_IDLE)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .set_host(false)
-        .build(connector(addr, connect_timeout))
 }
 
 /// The connector for one upstream address.
