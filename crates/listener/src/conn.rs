@@ -22,6 +22,8 @@ use tokio::time::Instant;
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::debug;
 
+use crate::head_watch::HeadWatchIo;
+use crate::linger::Linger;
 use crate::server::{ActiveGuard, Inner};
 use crate::{ACME_TLS_ALPN, BoxError, ConnInfo, Handler, Limits};
 
@@ -36,6 +38,7 @@ pub(crate) async fn serve<H: Handler>(
 ) {
     let _ = stream.set_nodelay(true);
     let limits = inner.limits.load_full();
+    let linger = Linger::new(&stream);
     if !tls {
         let info = ConnInfo {
             peer,
@@ -45,7 +48,8 @@ pub(crate) async fn serve<H: Handler>(
             h2: false,
             listener,
         };
-        serve_http(&inner, TokioIo::new(stream), info, &limits).await;
+        serve_http(&inner, stream, info, &limits).await;
+        linger.close().await;
         return;
     }
 
@@ -98,14 +102,15 @@ pub(crate) async fn serve<H: Handler>(
         h2,
         listener,
     };
-    serve_http(&inner, TokioIo::new(tls_stream), info, &limits).await;
+    serve_http(&inner, tls_stream, info, &limits).await;
+    linger.close().await;
 }
 
 fn handshake_result(result: &'static str) {
     metrics::counter!("myelin_tls_handshakes_total", "result" => result).increment(1);
 }
 
-async fn serve_http<H, S>(inner: &Arc<Inner<H>>, io: TokioIo<S>, info: ConnInfo, limits: &Limits)
+async fn serve_http<H, S>(inner: &Arc<Inner<H>>, io: S, info: ConnInfo, limits: &Limits)
 where
     H: Handler,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -113,6 +118,7 @@ where
     let h2 = info.h2;
     let info = Arc::new(info);
     let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(HeadWatchIo::new(io, activity.clone(), h2));
     let handler = inner.handler.clone();
     let svc_activity = activity.clone();
     let svc_info = info.clone();
@@ -142,14 +148,16 @@ where
             b.serve_connection(io, service),
             inner,
             &activity,
-            limits.idle_timeout,
+            limits,
             &info,
         )
         .await;
     } else {
+        // No hyper header_read_timeout: hyper's runs from the end of the previous response, so
+        // it would also close idle keep-alive connections. `drive` times request heads instead,
+        // from their first byte.
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
             .max_headers(limits.max_headers)
             .max_buf_size(limits.max_header_size.max(8192))
             .keep_alive(true)
@@ -158,19 +166,20 @@ where
             b.serve_connection(io, service),
             inner,
             &activity,
-            limits.idle_timeout,
+            limits,
             &info,
         )
         .await;
     }
 }
 
-/// Runs a connection until it ends, asking it to finish gracefully on shutdown or when idle.
+/// Runs a connection until it ends, asking it to finish gracefully on shutdown or when idle,
+/// and cutting it when a request head takes longer than `header_read_timeout` to arrive.
 async fn drive<H, C>(
     conn: C,
     inner: &Arc<Inner<H>>,
     activity: &Activity,
-    idle: Duration,
+    limits: &Limits,
     info: &ConnInfo,
 ) where
     H: Handler,
@@ -195,19 +204,27 @@ async fn drive<H, C>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = activity.idle_expired(idle), if !closing => {
+            _ = activity.idle_expired(limits.idle_timeout), if !closing => {
                 debug!(peer = %info.peer, "closing idle connection");
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+            }
+            _ = activity.head_expired(limits.header_read_timeout) => {
+                debug!(peer = %info.peer, h2 = info.h2, timeout_s = limits.header_read_timeout.as_secs_f64(),
+                    "request head not received in time; closing the connection");
+                metrics::counter!("myelin_connections_cut_total", "reason" => "header_timeout").increment(1);
+                return;
             }
         }
     }
 }
 
-/// Requests in flight on one connection, and since when it has had none.
-struct Activity {
+/// Requests in flight on one connection, since when it has had none, and since when a request
+/// head has been arriving.
+pub(crate) struct Activity {
     active: AtomicUsize,
     idle_since: Mutex<Instant>,
+    head_since: Mutex<Option<Instant>>,
     changed: Notify,
 }
 
@@ -216,14 +233,64 @@ impl Activity {
         Activity {
             active: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
+            head_since: Mutex::new(None),
             changed: Notify::new(),
         }
     }
 
     fn begin(self: &Arc<Self>) -> ActivityGuard {
         self.active.fetch_add(1, Ordering::AcqRel);
+        *self.head() = None;
         self.changed.notify_waiters();
         ActivityGuard(self.clone())
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// The first bytes of a request head arrived (nothing happens if one is already arriving).
+    pub(crate) fn head_started(&self) {
+        let mut head = self.head();
+        if head.is_none() {
+            *head = Some(Instant::now());
+            drop(head);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The request head is complete.
+    pub(crate) fn head_done(&self) {
+        if self.head().take().is_some() {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn head(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.head_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves once a request head has been arriving for longer than `timeout`.
+    async fn head_expired(&self, timeout: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let since = *self.head();
+            match since {
+                Some(since) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(since + timeout) => {
+                            if *self.head() == Some(since) {
+                                return;
+                            }
+                        }
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
     }
 
     fn idle_since(&self) -> Instant {

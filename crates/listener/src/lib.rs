@@ -9,6 +9,8 @@
 
 pub mod certs;
 mod conn;
+mod head_watch;
+mod linger;
 mod server;
 mod tls;
 

@@ -130,6 +130,10 @@ pub fn classify_client_error(e: &hyper_util::client::legacy::Error) -> ProxyErro
             return match b {
                 BodyError::TooLarge { limit } => ProxyError::TooLarge { limit: *limit },
                 BodyError::Stalled(d) => ProxyError::BodyStalled(*d),
+                BodyError::TooSlow { min_rate, window } => ProxyError::BodyTooSlow {
+                    min_rate: *min_rate,
+                    window: *window,
+                },
                 BodyError::Client(inner) => ProxyError::UpstreamBroken {
                     reason: format!("the client's request body failed: {inner}"),
                 },
