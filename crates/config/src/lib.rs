@@ -519,6 +519,12 @@ fn convert_limits(doc: &mut Document<'_>, raw: RawLimits) -> Limits {
         10_000,
         d.h2_max_concurrent_streams as usize,
     );
+    let h2_max_resets = positive(
+        raw.h2_max_resets,
+        "h2_max_resets",
+        1_000_000,
+        d.h2_max_resets as usize,
+    );
     let max_header_size = match raw.max_header_size {
         None => d.max_header_size,
         Some(s) if (8 << 10..=16 << 20).contains(&s.get_ref().0) => s.get_ref().0 as usize,
@@ -554,6 +560,7 @@ fn convert_limits(doc: &mut Document<'_>, raw: RawLimits) -> Limits {
         max_headers,
         max_connections,
         h2_max_concurrent_streams: streams as u32,
+        h2_max_resets: h2_max_resets as u32,
         shutdown_timeout: dur(raw.shutdown_timeout, d.shutdown_timeout),
     }
 }

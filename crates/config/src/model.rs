@@ -228,6 +228,9 @@ pub struct Limits {
     /// Across all listeners; beyond it new connections are closed at once.
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may cancel (RST_STREAM) per connection in any 10 s; beyond, the
+    /// connection is closed (rapid reset, CVE-2023-44487).
+    pub h2_max_resets: u32,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_timeout: Duration,
 }
@@ -244,6 +247,7 @@ impl Default for Limits {
             max_headers: 128,
             max_connections: 10_000,
             h2_max_concurrent_streams: 128,
+            h2_max_resets: 200,
             shutdown_timeout: Duration::from_secs(30),
         }
     }

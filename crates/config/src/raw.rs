@@ -133,6 +133,7 @@ pub struct RawLimits {
     pub max_headers: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
     pub h2_max_concurrent_streams: Option<Spanned<i64>>,
+    pub h2_max_resets: Option<Spanned<i64>>,
     pub shutdown_timeout: Option<HumanDuration>,
 }
 

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -117,7 +117,7 @@ where
 {
     let h2 = info.h2;
     let info = Arc::new(info);
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(limits.h2_max_resets));
     let io = TokioIo::new(HeadWatchIo::new(io, activity.clone(), h2));
     let handler = inner.handler.clone();
     let svc_activity = activity.clone();
@@ -209,6 +209,13 @@ async fn drive<H, C>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
+            _ = activity.resets_exceeded(), if info.h2 => {
+                debug!(peer = %info.peer, limit = limits.h2_max_resets,
+                    "too many HTTP/2 streams cancelled by the client; closing the connection");
+                metrics::counter!("myelin_connections_cut_total", "reason" => "h2_resets").increment(1);
+                conn.as_mut().graceful_shutdown();
+                break;
+            }
             _ = activity.head_expired(limits.header_read_timeout) => {
                 debug!(peer = %info.peer, h2 = info.h2, timeout_s = limits.header_read_timeout.as_secs_f64(),
                     "request head not received in time; closing the connection");
@@ -217,6 +224,8 @@ async fn drive<H, C>(
             }
         }
     }
+    // Too many resets: the GOAWAY is queued; give it a moment to leave, then cut.
+    let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
 }
 
 /// Requests in flight on one connection, since when it has had none, and since when a request
@@ -226,23 +235,68 @@ pub(crate) struct Activity {
     idle_since: Mutex<Instant>,
     head_since: Mutex<Option<Instant>>,
     changed: Notify,
+    /// Requests the client abandoned before their answer was complete (HTTP/2 RST_STREAM).
+    resets: Mutex<Resets>,
+    max_resets: u32,
+    resets_exceeded: Notify,
 }
 
+/// Client-cancelled requests in the current window of [`RESET_WINDOW`].
+struct Resets {
+    window_start: Instant,
+    count: u32,
+    exceeded: bool,
+}
+
+/// The window `h2_max_resets` counts over.
+pub(crate) const RESET_WINDOW: Duration = Duration::from_secs(10);
+
 impl Activity {
-    fn new() -> Self {
+    fn new(max_resets: u32) -> Self {
         Activity {
             active: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
             head_since: Mutex::new(None),
             changed: Notify::new(),
+            resets: Mutex::new(Resets {
+                window_start: Instant::now(),
+                count: 0,
+                exceeded: false,
+            }),
+            max_resets,
+            resets_exceeded: Notify::new(),
         }
+    }
+
+    /// The client abandoned a request before its answer was complete.
+    fn reset_by_client(&self) {
+        let mut r = self.resets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now.duration_since(r.window_start) > RESET_WINDOW {
+            r.window_start = now;
+            r.count = 0;
+        }
+        r.count += 1;
+        if r.count > self.max_resets && !r.exceeded {
+            r.exceeded = true;
+            drop(r);
+            self.resets_exceeded.notify_one();
+        }
+    }
+
+    /// Resolves once the client cancelled more than `max_resets` requests in one window.
+    async fn resets_exceeded(&self) {
+        self.resets_exceeded.notified().await;
     }
 
     fn begin(self: &Arc<Self>) -> ActivityGuard {
         self.active.fetch_add(1, Ordering::AcqRel);
         *self.head() = None;
         self.changed.notify_waiters();
-        ActivityGuard(self.clone())
+        ActivityGuard {
+            activity: self.clone(),
+            finished: AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -320,14 +374,29 @@ impl Activity {
     }
 }
 
-struct ActivityGuard(Arc<Activity>);
+/// One request in flight; it counts as abandoned by the client if it is dropped before its
+/// response body was finished.
+struct ActivityGuard {
+    activity: Arc<Activity>,
+    finished: AtomicBool,
+}
+
+impl ActivityGuard {
+    fn finish(&self) {
+        self.finished.store(true, Ordering::Relaxed);
+    }
+}
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        if !self.finished.load(Ordering::Relaxed) {
+            self.activity.reset_by_client();
         }
-        self.0.changed.notify_waiters();
+        let a = &self.activity;
+        if a.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *a.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
+        a.changed.notify_waiters();
     }
 }
 
@@ -351,11 +420,20 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.project().body.poll_frame(cx)
+        let this = self.project();
+        let frame = this.body.poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this._guard.finish();
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        let end = self.body.is_end_stream();
+        if end {
+            self._guard.finish();
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {

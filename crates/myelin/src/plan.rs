@@ -179,6 +179,7 @@ impl Plan {
                 max_headers: l.max_headers,
                 max_connections: l.max_connections,
                 h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+                h2_max_resets: l.h2_max_resets,
             },
             shutdown_timeout: l.shutdown_timeout,
             access_log: config.log.access_log,
