@@ -19,7 +19,8 @@ async fn server_frames<R: AsyncRead + Unpin>(mut rd: R, tally: Arc<Tally>) {
         if rd.read_exact(&mut header).await.is_err() {
             break;
         }
-        let len = (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
+        let len =
+            (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
         let mut payload = vec![0u8; len];
         if rd.read_exact(&mut payload).await.is_err() {
             break;
@@ -75,7 +76,12 @@ fn h2_rapid_reset_flood_is_cut_and_costs_the_upstream_little() {
                 'conn: while !stop.load(Ordering::Relaxed) && !reader.is_finished() {
                     let mut out = Vec::new();
                     for _ in 0..batch {
-                        out.extend(h2::frame(h2::HEADERS, h2::END_HEADERS | h2::END_STREAM, stream, &block));
+                        out.extend(h2::frame(
+                            h2::HEADERS,
+                            h2::END_HEADERS | h2::END_STREAM,
+                            stream,
+                            &block,
+                        ));
                         out.extend(h2::frame(h2::RST_STREAM, 0, stream, &8u32.to_be_bytes()));
                         stream += 2;
                     }
@@ -103,10 +109,17 @@ fn h2_rapid_reset_flood_is_cut_and_costs_the_upstream_little() {
     let reset = tally.get("streams reset");
     figure(s.name, "attack", format!("{counts:?}"));
     figure(s.name, "streams opened and reset", reset);
-    figure(s.name, "requests that reached the upstream (attack + well-behaved)", upstream);
+    figure(
+        s.name,
+        "requests that reached the upstream (attack + well-behaved)",
+        upstream,
+    );
     let conns = tally.get("connections");
     let cut = tally.get("connections closed by server");
-    assert!(conns >= 2 && cut + 2 >= conns, "the server cut the attacking connections: {counts:?}");
+    assert!(
+        conns >= 2 && cut + 2 >= conns,
+        "the server cut the attacking connections: {counts:?}"
+    );
     assert!(
         tally.get("GOAWAY code 0xb") > 0,
         "the server said ENHANCE_YOUR_CALM: {counts:?}"
@@ -211,10 +224,14 @@ fn h2_continuation_floods_fast_or_slow_are_cut() {
                     tally.add(&format!("{label}: connections cut"), 1);
                     let ms = took.as_millis() as u64;
                     let mut counts = tally.counts.lock().unwrap();
-                    let max = counts.entry(format!("{label}: slowest cut ms")).or_default();
+                    let max = counts
+                        .entry(format!("{label}: slowest cut ms"))
+                        .or_default();
                     *max = (*max).max(ms);
                     // what the client could write before the server closed (kernel socket buffers included)
-                    let bytes = counts.entry(format!("{label}: most bytes written before the cut")).or_default();
+                    let bytes = counts
+                        .entry(format!("{label}: most bytes written before the cut"))
+                        .or_default();
                     *bytes = (*bytes).max(sent);
                 }
             });

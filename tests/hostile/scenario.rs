@@ -99,8 +99,16 @@ impl Scenario {
     /// Reports the memory figures and checks the bound, and that Myelin still runs.
     pub fn finish(&mut self, comparison: &Comparison, max_growth_mib: u64) {
         let peak = self.rss.sampled_peak_kib();
-        figure(self.name, "RSS before attack", format!("{} MiB", self.base_rss_kib / 1024));
-        figure(self.name, "peak RSS under attack", format!("{} MiB", peak / 1024));
+        figure(
+            self.name,
+            "RSS before attack",
+            format!("{} MiB", self.base_rss_kib / 1024),
+        );
+        figure(
+            self.name,
+            "peak RSS under attack",
+            format!("{} MiB", peak / 1024),
+        );
         figure(
             self.name,
             "VmHWM (whole run)",
@@ -114,7 +122,12 @@ impl Scenario {
             self.base_rss_kib,
             peak
         );
-        assert!(self.m.is_running(), "{}: myelin died:\n{}", self.name, self.m.log_text());
+        assert!(
+            self.m.is_running(),
+            "{}: myelin died:\n{}",
+            self.name,
+            self.m.log_text()
+        );
         assert!(
             !self.m.log_text().contains("panicked"),
             "{}: a panic was logged:\n{}",

@@ -54,7 +54,10 @@ async fn until_closed<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Optio
 /// Checks that every attack connection was cut between `at - 0.2 s` and `at + slack`.
 fn assert_cut(test: &str, cuts: &[Option<Duration>], at: Duration, slack: Duration) {
     let never = cuts.iter().filter(|c| c.is_none()).count();
-    assert_eq!(never, 0, "{test}: {never} attack connections were never cut");
+    assert_eq!(
+        never, 0,
+        "{test}: {never} attack connections were never cut"
+    );
     let times: Vec<Duration> = cuts.iter().flatten().copied().collect();
     let early = times
         .iter()
@@ -222,7 +225,11 @@ fn a_client_hello_trickled_byte_by_byte_is_cut_at_the_handshake_timeout() {
 
 /// Sends `head` while reading the answer at the same time (as a browser does); returns the
 /// status Myelin answered, or the error, and when the connection ended.
-async fn oversized(client: &TlsClient, addr: SocketAddr, head: Arc<Vec<u8>>) -> (Result<u16, String>, Duration) {
+async fn oversized(
+    client: &TlsClient,
+    addr: SocketAddr,
+    head: Arc<Vec<u8>>,
+) -> (Result<u16, String>, Duration) {
     let started = Instant::now();
     let conn = match client.connect(addr, "example.test").await {
         Ok(c) => c,
@@ -240,7 +247,10 @@ async fn oversized(client: &TlsClient, addr: SocketAddr, head: Arc<Vec<u8>>) -> 
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
     let mut rd = BufReader::new(rd);
-    let status = read_response(&mut rd).await.map(|r| r.status).map_err(|e| e.to_string());
+    let status = read_response(&mut rd)
+        .await
+        .map(|r| r.status)
+        .map_err(|e| e.to_string());
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut rest)).await;
     writer.abort();
@@ -253,7 +263,8 @@ fn oversized_header_blocks_and_ten_thousand_headers_get_431_and_are_closed() {
     let mut s = Scenario::start("oversized-headers", "max_connections = 20000\n");
     s.measure_quiet();
     // a 1 MiB header block (one huge header), and 10,000 small headers
-    let mut huge = b"GET /_matrix/client/versions HTTP/1.1\r\nHost: example.test\r\nX-Huge: ".to_vec();
+    let mut huge =
+        b"GET /_matrix/client/versions HTTP/1.1\r\nHost: example.test\r\nX-Huge: ".to_vec();
     huge.extend(std::iter::repeat_n(b'h', 1 << 20));
     huge.extend_from_slice(b"\r\n\r\n");
     let mut many = b"GET /_matrix/client/versions HTTP/1.1\r\nHost: example.test\r\n".to_vec();
@@ -261,7 +272,10 @@ fn oversized_header_blocks_and_ten_thousand_headers_get_431_and_are_closed() {
         many.extend_from_slice(format!("x{i}: v\r\n").as_bytes());
     }
     many.extend_from_slice(b"\r\n");
-    let attacks = [("1 MiB header block", Arc::new(huge)), ("10,000 headers", Arc::new(many))];
+    let attacks = [
+        ("1 MiB header block", Arc::new(huge)),
+        ("10,000 headers", Arc::new(many)),
+    ];
 
     // the attacker sends them again and again, 4 at a time with a pause (each attempt is a new
     // TLS handshake: back to back they would measure a handshake flood, which no limit on
@@ -371,12 +385,20 @@ fn a_request_body_trickled_forever_is_cut_by_the_minimum_rate() {
                 .is_some_and(|(code, json)| *code == 408 && json["errcode"] == "M_UNKNOWN")
         })
         .count();
-    figure(s.name, "trickled bodies answered 408 M_UNKNOWN", answered_408);
+    figure(
+        s.name,
+        "trickled bodies answered 408 M_UNKNOWN",
+        answered_408,
+    );
     assert_eq!(
         answered_408,
         results.len(),
         "every trickled body gets a Matrix 408: {:?}",
-        results.iter().filter(|(st, _)| st.as_ref().is_none_or(|(c, _)| *c != 408)).take(5).collect::<Vec<_>>()
+        results
+            .iter()
+            .filter(|(st, _)| st.as_ref().is_none_or(|(c, _)| *c != 408))
+            .take(5)
+            .collect::<Vec<_>>()
     );
     let cuts: Vec<Option<Duration>> = results.iter().map(|(_, c)| *c).collect();
     assert_cut(s.name, &cuts, window, Duration::from_secs(3));
@@ -441,10 +463,21 @@ fn beyond_max_connections_new_connections_are_refused_at_once() {
         .unwrap_or_default();
     figure(s.name, "connections held", held.len());
     figure(s.name, "connections refused", refusals.len());
-    figure(s.name, "slowest refusal", format!("{:.1} ms", slowest.as_secs_f64() * 1000.0));
+    figure(
+        s.name,
+        "slowest refusal",
+        format!("{:.1} ms", slowest.as_secs_f64() * 1000.0),
+    );
     let open: Vec<_> = refusals.iter().filter(|r| r.is_err()).take(3).collect();
-    assert!(open.is_empty(), "connections beyond the limit stayed open: {open:?}");
-    assert!(refusals.len() >= 100, "too few attempts to judge: {}", refusals.len());
+    assert!(
+        open.is_empty(),
+        "connections beyond the limit stayed open: {open:?}"
+    );
+    assert!(
+        refusals.len() >= 100,
+        "too few attempts to judge: {}",
+        refusals.len()
+    );
     assert!(
         slowest < Duration::from_millis(500),
         "a refusal took {slowest:?}: connections are queued, not refused"
@@ -453,6 +486,10 @@ fn beyond_max_connections_new_connections_are_refused_at_once() {
     drop(held);
     std::thread::sleep(Duration::from_millis(500));
     let after = s.prober.round(50);
-    assert!(after.errors.is_empty(), "not served again: {:?}", after.errors);
+    assert!(
+        after.errors.is_empty(),
+        "not served again: {:?}",
+        after.errors
+    );
     s.finish(&comparison, size(100, 400));
 }

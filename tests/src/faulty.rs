@@ -160,7 +160,10 @@ async fn serve(s: TcpStream, state: Arc<State>) {
         }
         if let Some(len) = header("content-length").and_then(|v| v.parse::<u64>().ok()) {
             let mut body = (&mut r).take(len);
-            if tokio::io::copy(&mut body, &mut tokio::io::sink()).await.is_err() {
+            if tokio::io::copy(&mut body, &mut tokio::io::sink())
+                .await
+                .is_err()
+            {
                 return;
             }
         }

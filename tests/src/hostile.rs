@@ -223,7 +223,9 @@ async fn probe(
             };
             match fresh.await {
                 Ok(()) => round.new_conn.push(started.elapsed()),
-                Err(e) => round.errors.push(format!("request {i} (new connection): {e}")),
+                Err(e) => round
+                    .errors
+                    .push(format!("request {i} (new connection): {e}")),
             }
         }
     }
@@ -377,13 +379,7 @@ pub mod h2 {
 
     pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len();
-        let mut f = vec![
-            (len >> 16) as u8,
-            (len >> 8) as u8,
-            len as u8,
-            kind,
-            flags,
-        ];
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
         f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
         f.extend_from_slice(payload);
         f
@@ -460,4 +456,116 @@ pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// One request of a [`Load`] run.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub at: Instant,
+    pub status: Option<u16>,
+    /// `errcode` of a JSON error body.
+    pub errcode: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A steady load of well-behaved clients: `workers` threads, each with a kept-alive connection
+/// (a new one after an error), asking one request at a time until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<Sample>>>,
+}
+
+impl Load {
+    pub fn start(
+        client: TlsClient,
+        addr: SocketAddr,
+        sni: &str,
+        path: &str,
+        workers: usize,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {sni}\r\n\r\n").into_bytes();
+        let threads = (0..workers)
+            .map(|_| {
+                let (stop, client, request, sni) = (
+                    stop.clone(),
+                    client.clone(),
+                    request.clone(),
+                    sni.to_string(),
+                );
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("load runtime");
+                    rt.block_on(async move {
+                        let mut samples = Vec::new();
+                        let mut conn = None;
+                        while !stop.load(Ordering::Relaxed) {
+                            let at = Instant::now();
+                            if conn.is_none() {
+                                match client.connect(addr, &sni).await {
+                                    Ok(c) => conn = Some(BufReader::new(c)),
+                                    Err(e) => {
+                                        samples.push(Sample {
+                                            at,
+                                            status: None,
+                                            errcode: None,
+                                            error: Some(format!("connect: {e}")),
+                                        });
+                                        tokio::time::sleep(Duration::from_millis(20)).await;
+                                        continue;
+                                    }
+                                }
+                            }
+                            let c = conn.as_mut().expect("connected");
+                            let r = async {
+                                c.get_mut().write_all(&request).await?;
+                                read_response(c).await
+                            }
+                            .await;
+                            match r {
+                                Ok(r) => {
+                                    let close = r
+                                        .header("connection")
+                                        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                                    samples.push(Sample {
+                                        at,
+                                        status: Some(r.status),
+                                        errcode: r.json()["errcode"].as_str().map(str::to_string),
+                                        error: None,
+                                    });
+                                    if close {
+                                        conn = None;
+                                    }
+                                }
+                                Err(e) => {
+                                    samples.push(Sample {
+                                        at,
+                                        status: None,
+                                        errcode: None,
+                                        error: Some(e.to_string()),
+                                    });
+                                    conn = None;
+                                }
+                            }
+                        }
+                        samples
+                    })
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    pub fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all: Vec<Sample> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("load thread"))
+            .collect();
+        all.sort_by_key(|s| s.at);
+        all
+    }
 }
