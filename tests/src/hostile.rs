@@ -42,6 +42,20 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// CPU time (user + system) a process used so far, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // fields after the command name (which is in parentheses and may contain spaces)
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 /// Samples a process's resident memory every 50 ms on a thread of its own until dropped.
 pub struct RssSampler {
     pid: u32,
@@ -175,6 +189,73 @@ impl Prober {
         })
         .join()
         .expect("prober thread")
+    }
+}
+
+/// A well-behaved client that keeps its connections through several rounds: for a server that
+/// accepts no new connection (full), where only kept-alive connections can be served.
+pub struct KeptProber {
+    /// Signalled once both connections are open.
+    pub ready: std::sync::mpsc::Receiver<()>,
+    /// Send once to start the rounds.
+    pub go: std::sync::mpsc::Sender<()>,
+    /// The rounds, once done (the connections stay open until `release` is sent or dropped).
+    pub rounds: std::sync::mpsc::Receiver<Vec<Round>>,
+    pub release: std::sync::mpsc::Sender<()>,
+}
+
+impl Prober {
+    /// Opens two kept-alive connections now, then runs `rounds` rounds on them when told to go.
+    pub fn kept(&self, rounds: usize, requests: usize) -> KeptProber {
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let (rounds_tx, rounds_rx) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let client = self.client.clone();
+        let addr = self.addr;
+        let sni = self.sni.clone();
+        let request = self.request.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("prober runtime");
+            rt.block_on(async move {
+                let mut conns = Vec::new();
+                for _ in 0..2 {
+                    conns.push(BufReader::new(
+                        client.connect(addr, &sni).await.expect("prober connects"),
+                    ));
+                }
+                for c in conns.iter_mut() {
+                    ask(c, &request).await.expect("warm-up");
+                }
+                let _ = ready_tx.send(());
+                let _ = go_rx.recv();
+                let mut out = Vec::new();
+                for _ in 0..rounds {
+                    let mut round = Round::default();
+                    for i in 0..requests {
+                        let c = &mut conns[i % 2];
+                        let started = Instant::now();
+                        match ask(c, &request).await {
+                            Ok(()) => round.keep_alive.push(started.elapsed()),
+                            Err(e) => round.errors.push(format!("request {i} (kept alive): {e}")),
+                        }
+                    }
+                    out.push(round);
+                }
+                let _ = rounds_tx.send(out);
+                let _ = release_rx.recv();
+                drop(conns);
+            })
+        });
+        KeptProber {
+            ready,
+            go,
+            rounds: rounds_rx,
+            release,
+        }
     }
 }
 

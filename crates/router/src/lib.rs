@@ -46,7 +46,7 @@ use crate::pool::Pool;
 pub use crate::pool::{HealthCheckSettings, PASSIVE_BACKOFF, PASSIVE_BACKOFF_MAX, PoolSettings};
 use crate::retry::RetryableBody;
 pub use crate::routes::RouteSettings;
-use crate::routes::RouteTable;
+pub use crate::routes::RouteTable;
 pub use crate::upstream::UpstreamAddr;
 
 /// The pool name routes use for the homeserver's own `upstream`.
