@@ -27,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(shown.starts_with("fuzz.toml"), "{shown}");
                 assert!(!e.message.is_empty(), "{shown}");
                 if let Some(at) = e.at {
-                    assert!(at.line >= 1 && at.line <= lines + 1, "line {} of {lines}: {shown}", at.line);
+                    assert!(
+                        at.line >= 1 && at.line <= lines + 1,
+                        "line {} of {lines}: {shown}",
+                        at.line
+                    );
                     assert!(at.column >= 1, "{shown}");
                 }
             }

@@ -9,7 +9,13 @@ use http::Method;
 use libfuzzer_sys::fuzz_target;
 use myelin_router::{RouteSettings, RouteTable};
 
-const METHODS: [Method; 5] = [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS];
+const METHODS: [Method; 5] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -61,6 +67,10 @@ fuzz_target!(|input: Input| {
                 re.is_match(path) && (methods.is_empty() || methods.contains(method))
             })
             .map(|i| i + 1);
-        assert_eq!(table.pool_for(method, path), expected, "{method} {path:?} with {rules:?}");
+        assert_eq!(
+            table.pool_for(method, path),
+            expected,
+            "{method} {path:?} with {rules:?}"
+        );
     }
 });

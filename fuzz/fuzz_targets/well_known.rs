@@ -66,7 +66,9 @@ fuzz_target!(|input: Input| {
         return;
     };
     for path in [SERVER_PATH, CLIENT_PATH, SUPPORT_PATH] {
-        let resp = wk.respond(&Method::GET, path).expect("a well-known path is answered");
+        let resp = wk
+            .respond(&Method::GET, path)
+            .expect("a well-known path is answered");
         let body: serde_json::Value =
             serde_json::from_slice(resp.body()).expect("every answer is JSON");
         if resp.status() == 200 {
