@@ -274,3 +274,67 @@ impl Body for ProxyBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    /// Waits (as the body does when the client has nothing) for `d` of paused time.
+    async fn wait(p: &mut Pace, d: Duration) -> Result<(), BodyError> {
+        let mut cx = Context::from_waker(Waker::noop());
+        p.waiting(&mut cx)?;
+        tokio::time::advance(d).await;
+        p.waiting(&mut cx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_trickled_a_byte_a_second_is_cut_at_the_end_of_a_window() {
+        let mut p = Pace::new(Duration::from_secs(2), 512);
+        let mut cut = None;
+        for second in 1..10 {
+            if let Err(e) = wait(&mut p, Duration::from_secs(1)).await {
+                cut = Some((second, e));
+                break;
+            }
+            p.arrived(1, Instant::now())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let (second, e) = cut.expect("cut");
+        assert!(matches!(e, BodyError::TooSlow { min_rate: 512, .. }), "{e}");
+        assert_eq!(second, 2, "at the end of the first window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_body_passes_window_after_window() {
+        let mut p = Pace::new(Duration::from_secs(2), 512);
+        for _ in 0..100 {
+            wait(&mut p, Duration::from_millis(100)).await.unwrap();
+            p.arrived(200, Instant::now()).unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_is_stalled_and_a_slow_upstream_does_not_count() {
+        let mut p = Pace::new(Duration::from_secs(2), 512);
+        wait(&mut p, Duration::from_millis(500)).await.unwrap();
+        p.arrived(4096, Instant::now()).unwrap();
+        // the upstream takes its time to read on: no waiting for the client, no judgement
+        tokio::time::advance(Duration::from_secs(30)).await;
+        p.arrived(4096, Instant::now()).unwrap();
+        // then the client stops: a stall
+        let e = wait(&mut p, Duration::from_secs(3)).await.unwrap_err();
+        assert!(matches!(e, BodyError::Stalled(_)), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_minimum_rate_keeps_only_the_stall_rule() {
+        let mut p = Pace::new(Duration::from_secs(2), 0);
+        for _ in 0..20 {
+            wait(&mut p, Duration::from_millis(1900)).await.unwrap();
+            p.arrived(1, Instant::now()).unwrap();
+        }
+        assert!(wait(&mut p, Duration::from_secs(2)).await.is_err());
+    }
+}
