@@ -178,7 +178,7 @@ async fn keyed(f: &Fixture, addr: SocketAddr, mode: &str, i: usize, v: usize) ->
     let resp = match mode {
         "user" => {
             let t = token(&format!("user{i}"), v);
-            if v % 2 == 0 {
+            if v.is_multiple_of(2) {
                 let auth = format!("Bearer {t}");
                 ask(
                     f,
@@ -196,7 +196,7 @@ async fn keyed(f: &Fixture, addr: SocketAddr, mode: &str, i: usize, v: usize) ->
             }
         }
         "room" => {
-            let room = if v % 2 == 0 {
+            let room = if v.is_multiple_of(2) {
                 format!("!room{i}:example.test")
             } else {
                 format!("%21room{i}%3Aexample.test")

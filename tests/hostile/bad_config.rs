@@ -242,7 +242,7 @@ fn case(rng: &mut Rng, files: &Files, ports: &[u16], i: usize) -> Case {
                 _ => {
                     let bad = match rng.below(3) {
                         0 => format!("10.{}.0.0/33", n % 256),
-                        1 => format!("{w}"),
+                        1 => w.to_string(),
                         _ => format!("::{w}::/64"),
                     };
                     if rng.below(2) == 0 {

@@ -228,7 +228,7 @@ fn upstream_failures_affect_only_their_requests_and_myelin_recovers_at_once() {
     assert!(m.is_running(), "myelin died:\n{}", m.log_text());
     assert!(!m.log_text().contains("panicked"), "{}", m.log_text());
     // a kept-alive client connection outlives all of it
-    let _ = rt.block_on(async {
+    rt.block_on(async {
         let mut s = BufReader::new(c.connect(addr, "example.test").await.unwrap());
         s.get_mut()
             .write_all(b"GET /_matrix/client/v3/garbage/x HTTP/1.1\r\nHost: example.test\r\n\r\n")

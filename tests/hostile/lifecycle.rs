@@ -37,7 +37,7 @@ fn reload_config(f: &Fixture, upstream: &str, i: usize) -> String {
     );
     let homeserver_extra =
         format!("[homeserver.well_known]\nclient_base_url = \"https://matrix{i}.example.test\"\n");
-    let other = if i % 2 == 0 {
+    let other = if i.is_multiple_of(2) {
         format!("[[homeserver]]\nserver_name = \"other.test\"\nupstream = \"{upstream}\"\n")
     } else {
         String::new()
