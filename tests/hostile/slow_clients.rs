@@ -90,9 +90,19 @@ fn slowloris_headers_trickled_from_many_connections_are_cut_at_header_read_timeo
     let mut s = Scenario::start("slowloris", &limits);
     s.measure_quiet();
 
-    // every connection first completes TLS (idle, not yet an attack), then all start trickling
+    // a kept-alive connection that sits idle through the whole attack: idle is not slow, it
+    // must outlive header_read_timeout (only idle_timeout closes it)
     let client = s.f.client();
     let addr = s.addr;
+    let ask = b"GET /_matrix/client/versions HTTP/1.1\r\nHost: example.test\r\n\r\n";
+    let mut idle = s.rt.block_on(async {
+        let mut c = BufReader::new(client.connect(addr, "example.test").await.unwrap());
+        c.get_mut().write_all(ask).await.unwrap();
+        assert_eq!(read_response(&mut c).await.unwrap().status, 200);
+        c
+    });
+    let idle_since = Instant::now();
+    // every connection first completes TLS (idle, not yet an attack), then all start trickling
     let conns = s.rt.block_on(connect_many(&client, addr, n, 64));
     figure(s.name, "attack connections open", conns.len());
     let mut set = JoinSet::new();
@@ -130,6 +140,17 @@ fn slowloris_headers_trickled_from_many_connections_are_cut_at_header_read_timeo
         out
     });
     assert_cut(s.name, &cuts, timeout, Duration::from_secs(3));
+    assert!(idle_since.elapsed() > timeout + Duration::from_secs(1));
+    let status = s.rt.block_on(async {
+        idle.get_mut().write_all(ask).await?;
+        read_response(&mut idle).await
+    });
+    assert_eq!(
+        status.map(|r| r.status).map_err(|e| e.to_string()),
+        Ok(200),
+        "a kept-alive connection idle for {:?} (longer than header_read_timeout) still serves",
+        idle_since.elapsed()
+    );
     s.finish(&comparison, size(200, 800));
 }
 

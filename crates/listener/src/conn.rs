@@ -34,7 +34,7 @@ pub(crate) async fn serve<H: Handler>(
     local: SocketAddr,
     tls: bool,
     listener: Arc<str>,
-    _guard: ActiveGuard<H>,
+    guard: ActiveGuard<H>,
 ) {
     let _ = stream.set_nodelay(true);
     let limits = inner.limits.load_full();
@@ -49,6 +49,8 @@ pub(crate) async fn serve<H: Handler>(
             listener,
         };
         serve_http(&inner, stream, info, &limits).await;
+        // a closing connection no longer counts against max_connections
+        drop(guard);
         linger.close().await;
         return;
     }
@@ -103,6 +105,7 @@ pub(crate) async fn serve<H: Handler>(
         listener,
     };
     serve_http(&inner, tls_stream, info, &limits).await;
+    drop(guard);
     linger.close().await;
 }
 
