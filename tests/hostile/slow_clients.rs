@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use myelin_e2e::client::{TlsClient, read_response};
@@ -166,24 +167,37 @@ fn connections_that_never_start_tls_are_cut_at_the_handshake_timeout() {
     let mut s = Scenario::start("no-tls", &limits);
     s.measure_quiet();
     let addr = s.addr;
+    let stop = Arc::new(AtomicBool::new(false));
     let mut set = JoinSet::new();
     let _guard = s.rt.enter();
+    // each attacker opens a connection again when one is cut, until the measurement is done
     for _ in 0..n {
+        let stop = stop.clone();
         set.spawn(async move {
-            let mut tcp = TcpStream::connect(addr).await.ok()?;
-            let started = Instant::now();
-            until_closed(&mut tcp, timeout + Duration::from_secs(15))
-                .await
-                .map(|t| t - started)
+            let mut cuts = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut tcp) = TcpStream::connect(addr).await else {
+                    cuts.push(None);
+                    break;
+                };
+                let started = Instant::now();
+                cuts.push(
+                    until_closed(&mut tcp, timeout + Duration::from_secs(15))
+                        .await
+                        .map(|t| t - started),
+                );
+            }
+            cuts
         });
     }
     drop(_guard);
     std::thread::sleep(Duration::from_millis(300));
     let comparison = s.measure_attack(5);
+    stop.store(true, Ordering::Relaxed);
     let cuts: Vec<Option<Duration>> = s.rt.block_on(async {
         let mut out = Vec::new();
         while let Some(r) = set.join_next().await {
-            out.push(r.unwrap());
+            out.extend(r.unwrap());
         }
         out
     });
@@ -209,34 +223,43 @@ fn a_client_hello_trickled_byte_by_byte_is_cut_at_the_handshake_timeout() {
     let addr = s.addr;
     let mut set = JoinSet::new();
     let _guard = s.rt.enter();
+    let stop = Arc::new(AtomicBool::new(false));
     for _ in 0..n {
-        let hello = hello.clone();
+        let (hello, stop) = (hello.clone(), stop.clone());
         set.spawn(async move {
-            let tcp = TcpStream::connect(addr).await.ok()?;
-            let (mut rd, mut wr) = tcp.into_split();
-            let started = Instant::now();
-            let writer = async {
-                for b in hello.iter() {
-                    if wr.write_all(&[*b]).await.is_err() {
-                        break;
+            let mut cuts = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(tcp) = TcpStream::connect(addr).await else {
+                    cuts.push(None);
+                    break;
+                };
+                let (mut rd, mut wr) = tcp.into_split();
+                let started = Instant::now();
+                let writer = async {
+                    for b in hello.iter() {
+                        if wr.write_all(&[*b]).await.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep(pace).await;
                     }
-                    tokio::time::sleep(pace).await;
-                }
-                std::future::pending::<()>().await;
-            };
-            tokio::select! {
-                at = until_closed(&mut rd, timeout + Duration::from_secs(15)) => at.map(|t| t - started),
-                _ = writer => None,
+                    std::future::pending::<()>().await;
+                };
+                cuts.push(tokio::select! {
+                    at = until_closed(&mut rd, timeout + Duration::from_secs(15)) => at.map(|t| t - started),
+                    _ = writer => None,
+                });
             }
+            cuts
         });
     }
     drop(_guard);
     std::thread::sleep(Duration::from_millis(300));
     let comparison = s.measure_attack(5);
+    stop.store(true, Ordering::Relaxed);
     let cuts: Vec<Option<Duration>> = s.rt.block_on(async {
         let mut out = Vec::new();
         while let Some(r) = set.join_next().await {
-            out.push(r.unwrap());
+            out.extend(r.unwrap());
         }
         out
     });
@@ -358,16 +381,27 @@ fn a_request_body_trickled_forever_is_cut_by_the_minimum_rate() {
     );
     let mut s = Scenario::start("body-trickle", &limits);
     s.measure_quiet();
-    let conns = s.rt.block_on(connect_many(&s.f.client(), s.addr, n, 32));
+    let client = s.f.client();
+    let addr = s.addr;
+    let stop = Arc::new(AtomicBool::new(false));
     let mut set = JoinSet::new();
     let _guard = s.rt.enter();
-    for conn in conns {
+    // each attacker starts a new upload when one is cut, until the measurement is done
+    for _ in 0..n {
+        let (client, stop) = (client.clone(), stop.clone());
         set.spawn(async move {
+          let mut results = Vec::new();
+          while !stop.load(Ordering::Relaxed) {
+            let Ok(conn) = client.connect(addr, "example.test").await else {
+                results.push((None, None));
+                break;
+            };
             let (rd, mut wr) = tokio::io::split(conn);
             let started = Instant::now();
             let head = b"POST /_matrix/media/v3/upload HTTP/1.1\r\nHost: example.test\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n";
             if wr.write_all(head).await.is_err() || wr.flush().await.is_err() {
-                return (None, None);
+                results.push((None, None));
+                continue;
             }
             let writer = async {
                 loop {
@@ -384,19 +418,22 @@ fn a_request_body_trickled_forever_is_cut_by_the_minimum_rate() {
                 let closed = until_closed(&mut rd, Duration::from_secs(20)).await;
                 (status, closed.map(|t| t - started))
             };
-            tokio::select! {
+            results.push(tokio::select! {
                 r = reader => r,
                 _ = writer => (None, None),
-            }
+            });
+          }
+          results
         });
     }
     drop(_guard);
     std::thread::sleep(Duration::from_millis(300));
     let comparison = s.measure_attack(5);
+    stop.store(true, Ordering::Relaxed);
     let results: Vec<_> = s.rt.block_on(async {
         let mut out = Vec::new();
         while let Some(r) = set.join_next().await {
-            out.push(r.unwrap());
+            out.extend(r.unwrap());
         }
         out
     });
