@@ -141,7 +141,7 @@ fn slowloris_headers_trickled_from_many_connections_are_cut_at_header_read_timeo
         out
     });
     assert_cut(s.name, &cuts, timeout, Duration::from_secs(3));
-    assert!(idle_since.elapsed() > timeout + Duration::from_secs(1));
+    std::thread::sleep((timeout + Duration::from_millis(500)).saturating_sub(idle_since.elapsed()));
     let status = s.rt.block_on(async {
         idle.get_mut().write_all(ask).await?;
         read_response(&mut idle).await
@@ -171,9 +171,12 @@ fn connections_that_never_start_tls_are_cut_at_the_handshake_timeout() {
     let mut set = JoinSet::new();
     let _guard = s.rt.enter();
     // each attacker opens a connection again when one is cut, until the measurement is done
-    for _ in 0..n {
+    for i in 0..n {
+        // staggered: the attackers' cuts and reconnects spread evenly over the limit's period
+        let offset = timeout * i as u32 / n as u32;
         let stop = stop.clone();
         set.spawn(async move {
+            tokio::time::sleep(offset).await;
             let mut cuts = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let Ok(mut tcp) = TcpStream::connect(addr).await else {
@@ -191,7 +194,8 @@ fn connections_that_never_start_tls_are_cut_at_the_handshake_timeout() {
         });
     }
     drop(_guard);
-    std::thread::sleep(Duration::from_millis(300));
+    // every attacker is at it before the measurement starts
+    std::thread::sleep(timeout + Duration::from_millis(300));
     let comparison = s.measure_attack(5);
     stop.store(true, Ordering::Relaxed);
     let cuts: Vec<Option<Duration>> = s.rt.block_on(async {
@@ -224,9 +228,12 @@ fn a_client_hello_trickled_byte_by_byte_is_cut_at_the_handshake_timeout() {
     let mut set = JoinSet::new();
     let _guard = s.rt.enter();
     let stop = Arc::new(AtomicBool::new(false));
-    for _ in 0..n {
+    for i in 0..n {
+        // staggered: the attackers' cuts and reconnects spread evenly over the limit's period
+        let offset = timeout * i as u32 / n as u32;
         let (hello, stop) = (hello.clone(), stop.clone());
         set.spawn(async move {
+            tokio::time::sleep(offset).await;
             let mut cuts = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let Ok(tcp) = TcpStream::connect(addr).await else {
@@ -253,7 +260,8 @@ fn a_client_hello_trickled_byte_by_byte_is_cut_at_the_handshake_timeout() {
         });
     }
     drop(_guard);
-    std::thread::sleep(Duration::from_millis(300));
+    // every attacker is at it before the measurement starts
+    std::thread::sleep(timeout + Duration::from_millis(300));
     let comparison = s.measure_attack(5);
     stop.store(true, Ordering::Relaxed);
     let cuts: Vec<Option<Duration>> = s.rt.block_on(async {
@@ -387,9 +395,12 @@ fn a_request_body_trickled_forever_is_cut_by_the_minimum_rate() {
     let mut set = JoinSet::new();
     let _guard = s.rt.enter();
     // each attacker starts a new upload when one is cut, until the measurement is done
-    for _ in 0..n {
+    for i in 0..n {
+        // staggered: the attackers' cuts and reconnects spread evenly over the limit's period
+        let offset = window * i as u32 / n as u32;
         let (client, stop) = (client.clone(), stop.clone());
         set.spawn(async move {
+            tokio::time::sleep(offset).await;
           let mut results = Vec::new();
           while !stop.load(Ordering::Relaxed) {
             let Ok(conn) = client.connect(addr, "example.test").await else {
@@ -427,7 +438,8 @@ fn a_request_body_trickled_forever_is_cut_by_the_minimum_rate() {
         });
     }
     drop(_guard);
-    std::thread::sleep(Duration::from_millis(300));
+    // every attacker is at it before the measurement starts
+    std::thread::sleep(window + Duration::from_millis(300));
     let comparison = s.measure_attack(5);
     stop.store(true, Ordering::Relaxed);
     let results: Vec<_> = s.rt.block_on(async {

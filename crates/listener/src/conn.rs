@@ -23,7 +23,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tracing::debug;
 
 use crate::head_watch::HeadWatchIo;
-use crate::linger::Linger;
+use crate::linger::LingeringStream;
 use crate::server::{ActiveGuard, Inner};
 use crate::{ACME_TLS_ALPN, BoxError, ConnInfo, Handler, Limits};
 
@@ -38,7 +38,7 @@ pub(crate) async fn serve<H: Handler>(
 ) {
     let _ = stream.set_nodelay(true);
     let limits = inner.limits.load_full();
-    let linger = Linger::new(&stream);
+    let mut stream = LingeringStream::new(stream, inner.tracker.clone());
     if !tls {
         let info = ConnInfo {
             peer,
@@ -48,10 +48,10 @@ pub(crate) async fn serve<H: Handler>(
             h2: false,
             listener,
         };
+        stream.linger_on_close();
         serve_http(&inner, stream, info, &limits).await;
-        // a closing connection no longer counts against max_connections
+        // the connection lingers on in a task of its own, no longer counted in max_connections
         drop(guard);
-        linger.close().await;
         return;
     }
 
@@ -95,6 +95,7 @@ pub(crate) async fn serve<H: Handler>(
         let _ = tls_stream.shutdown().await;
         return;
     }
+    tls_stream.get_mut().0.linger_on_close();
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let info = ConnInfo {
         peer,
@@ -106,7 +107,6 @@ pub(crate) async fn serve<H: Handler>(
     };
     serve_http(&inner, tls_stream, info, &limits).await;
     drop(guard);
-    linger.close().await;
 }
 
 fn handshake_result(result: &'static str) {
