@@ -85,7 +85,7 @@ fn testssl_finds_no_old_protocol_weak_cipher_or_vulnerability_and_resumption_wor
     };
     figure(
         "testssl",
-        "run time",
+        "run time (all runs)",
         format!("{:.0} s", took.as_secs_f64()),
     );
     for id in [
