@@ -425,7 +425,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let frame = this.body.poll_frame(cx);
-        if let Poll::Ready(None) = frame {
+        // the end, or an error of the response's own (a homeserver that failed mid-body): either
+        // way not a request the client abandoned
+        if let Poll::Ready(None | Some(Err(_))) = frame {
             this._guard.finish();
         }
         frame
