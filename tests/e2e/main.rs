@@ -9,5 +9,6 @@ mod foundation_cli;
 mod foundation_proxy;
 mod foundation_synapse;
 mod foundation_tls;
+mod keep_alive;
 mod routing;
 mod routing_synapse;

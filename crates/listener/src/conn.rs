@@ -156,11 +156,12 @@ where
         )
         .await;
     } else {
-        // No hyper header_read_timeout: hyper's runs from the end of the previous response, so
-        // it would also close idle keep-alive connections. `drive` times request heads instead,
-        // from their first byte.
+        // No hyper header_read_timeout (it defaults to 30 s once a timer is set): hyper's runs
+        // from the end of the previous response, so it would also close idle keep-alive
+        // connections. `drive` times request heads instead, from their first byte.
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
+            .header_read_timeout(None)
             .max_headers(limits.max_headers)
             .max_buf_size(limits.max_header_size.max(8192))
             .keep_alive(true)
