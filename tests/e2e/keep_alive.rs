@@ -26,7 +26,9 @@ async fn an_idle_kept_alive_connection_outlives_header_timeouts_until_idle_timeo
 
     // meanwhile, a head that starts and stalls is cut at header_read_timeout
     let mut slow = f.client().connect(addr, "example.test").await.unwrap();
-    slow.write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: ex").await.unwrap();
+    slow.write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: ex")
+        .await
+        .unwrap();
     let started = Instant::now();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
