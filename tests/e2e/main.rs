@@ -11,6 +11,7 @@ mod foundation_cli;
 mod foundation_proxy;
 mod foundation_synapse;
 mod foundation_tls;
+mod keep_alive;
 mod routing;
 mod routing_synapse;
 mod ship_metrics;

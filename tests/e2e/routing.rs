@@ -462,6 +462,10 @@ upstream = "closing"
     .await;
     assert_eq!(resp.status, 502, "{}", resp.text());
     assert_eq!(resp.json()["errcode"], "M_UNKNOWN");
+    // the log lines reach the test through a pipe and a reader thread: wait for them a moment
+    myelin_e2e::wait_until(Duration::from_secs(5), || {
+        events(&m.logs()[skip..], CANNOT_CONNECT).len() >= 2
+    });
     let logs = m.logs();
     let failed = events(&logs[skip..], CANNOT_CONNECT);
     assert_eq!(failed.len(), 2, "one attempt and one retry: {failed:?}");

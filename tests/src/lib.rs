@@ -10,6 +10,8 @@
 pub mod bind;
 pub mod client;
 pub mod dirs;
+pub mod faulty;
+pub mod hostile;
 pub mod myelin;
 pub mod named;
 pub mod netns;

@@ -386,6 +386,9 @@ fn homeserver(doc: &mut Document<'_>, raw: RawHomeserver, path: &str) -> Option<
         upstream_timeout: raw
             .upstream_timeout
             .map_or(DEFAULT_UPSTREAM_TIMEOUT, |d| d.0),
+        upstream_body_timeout: raw
+            .upstream_body_timeout
+            .map_or(DEFAULT_UPSTREAM_BODY_TIMEOUT, |d| d.0),
         connect_timeout: raw.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
         admin_allow,
         forward_prefixes,
@@ -554,6 +557,12 @@ fn convert_limits(doc: &mut Document<'_>, raw: RawLimits) -> Limits {
         10_000,
         d.h2_max_concurrent_streams as usize,
     );
+    let h2_max_resets = positive(
+        raw.h2_max_resets,
+        "h2_max_resets",
+        1_000_000,
+        d.h2_max_resets as usize,
+    );
     let max_header_size = match raw.max_header_size {
         None => d.max_header_size,
         Some(s) if (8 << 10..=16 << 20).contains(&s.get_ref().0) => s.get_ref().0 as usize,
@@ -566,16 +575,30 @@ fn convert_limits(doc: &mut Document<'_>, raw: RawLimits) -> Limits {
             d.max_header_size
         }
     };
+    let body_min_rate = match raw.body_min_rate {
+        None => d.body_min_rate,
+        Some(s) if s.get_ref().0 <= 1 << 30 => s.get_ref().0,
+        Some(s) => {
+            doc.error(
+                Some(s.span()),
+                "limits.body_min_rate",
+                "expected bytes per second from 0 (no minimum) to \"1G\", e.g. \"512\" or \"1K\"",
+            );
+            d.body_min_rate
+        }
+    };
     let dur = |v: Option<units::HumanDuration>, default: Duration| v.map_or(default, |d| d.0);
     Limits {
         tls_handshake_timeout: dur(raw.tls_handshake_timeout, d.tls_handshake_timeout),
         header_read_timeout: dur(raw.header_read_timeout, d.header_read_timeout),
         idle_timeout: dur(raw.idle_timeout, d.idle_timeout),
         body_read_timeout: dur(raw.body_read_timeout, d.body_read_timeout),
+        body_min_rate,
         max_header_size,
         max_headers,
         max_connections,
         h2_max_concurrent_streams: streams as u32,
+        h2_max_resets: h2_max_resets as u32,
         shutdown_timeout: dur(raw.shutdown_timeout, d.shutdown_timeout),
     }
 }

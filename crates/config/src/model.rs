@@ -18,6 +18,11 @@ pub const DEFAULT_MAX_BODY_SIZE: u64 = 50 << 20;
 /// Default time to wait for the upstream's response head. `/sync` long-polls and joins take long.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest pause in a response body once the head arrived (Synapse writes its bodies
+/// in one go once it has them; a pause this long is a homeserver that hangs).
+pub const DEFAULT_UPSTREAM_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default minimum request body rate, bytes per second (Apache's mod_reqtimeout uses 500).
+pub const DEFAULT_BODY_MIN_RATE: u64 = 512;
 /// Default `Cache-Control: max-age` on well-known documents (Synapse's default cache period).
 pub const DEFAULT_WELL_KNOWN_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
@@ -85,6 +90,8 @@ pub struct Homeserver {
     pub upstream: Located<UpstreamTarget>,
     pub max_body_size: u64,
     pub upstream_timeout: Duration,
+    /// Once the response head arrived, the longest pause in the upstream's body.
+    pub upstream_body_timeout: Duration,
     pub connect_timeout: Duration,
     /// Who may reach `/_synapse/admin/`; empty: nobody.
     pub admin_allow: Vec<IpNet>,
@@ -220,13 +227,20 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
-    /// A request body that sends nothing for this long is abandoned.
+    /// A request body that sends nothing for this long is abandoned; also the window over
+    /// which `body_min_rate` is measured.
     pub body_read_timeout: Duration,
+    /// Bytes per second a request body must bring, on average over each `body_read_timeout`
+    /// window of waiting for it (0: no minimum, only the stall rule).
+    pub body_min_rate: u64,
     pub max_header_size: usize,
     pub max_headers: usize,
     /// Across all listeners; beyond it new connections are closed at once.
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may cancel (RST_STREAM) per connection in any 10 s; beyond, the
+    /// connection is closed (rapid reset, CVE-2023-44487).
+    pub h2_max_resets: u32,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_timeout: Duration,
 }
@@ -238,10 +252,12 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             body_read_timeout: Duration::from_secs(60),
+            body_min_rate: DEFAULT_BODY_MIN_RATE,
             max_header_size: 64 << 10,
             max_headers: 128,
             max_connections: 10_000,
             h2_max_concurrent_streams: 128,
+            h2_max_resets: 200,
             shutdown_timeout: Duration::from_secs(30),
         }
     }

@@ -44,6 +44,8 @@ pub struct RawHomeserver {
     pub upstream: Spanned<String>,
     pub max_body_size: Option<ByteSize>,
     pub upstream_timeout: Option<HumanDuration>,
+    /// Longest pause in the upstream's response body once its head arrived.
+    pub upstream_body_timeout: Option<HumanDuration>,
     pub connect_timeout: Option<HumanDuration>,
     #[serde(default)]
     pub admin_allow: Vec<Spanned<String>>,
@@ -125,10 +127,13 @@ pub struct RawLimits {
     pub header_read_timeout: Option<HumanDuration>,
     pub idle_timeout: Option<HumanDuration>,
     pub body_read_timeout: Option<HumanDuration>,
+    /// Bytes per second a request body must average over each `body_read_timeout` window.
+    pub body_min_rate: Option<Spanned<ByteSize>>,
     pub max_header_size: Option<Spanned<ByteSize>>,
     pub max_headers: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
     pub h2_max_concurrent_streams: Option<Spanned<i64>>,
+    pub h2_max_resets: Option<Spanned<i64>>,
     pub shutdown_timeout: Option<HumanDuration>,
 }
 

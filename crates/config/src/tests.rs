@@ -309,6 +309,40 @@ fn limits_and_log() {
 }
 
 #[test]
+fn hostile_client_limits() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.limits.body_min_rate, DEFAULT_BODY_MIN_RATE);
+    assert_eq!(c.limits.h2_max_resets, 200);
+    assert_eq!(
+        c.homeservers[0].upstream_body_timeout,
+        DEFAULT_UPSTREAM_BODY_TIMEOUT
+    );
+    let c = parse_ok(&format!(
+        "{MINIMAL}upstream_body_timeout = \"5s\"\n[limits]\nbody_min_rate = \"1K\"\nh2_max_resets = 50\n"
+    ));
+    assert_eq!(c.limits.body_min_rate, 1024);
+    assert_eq!(c.limits.h2_max_resets, 50);
+    assert_eq!(
+        c.homeservers[0].upstream_body_timeout,
+        Duration::from_secs(5)
+    );
+    let c = parse_ok(&format!("{MINIMAL}\n[limits]\nbody_min_rate = 0\n"));
+    assert_eq!(c.limits.body_min_rate, 0, "0 turns the minimum off");
+    let errs = parse_err(&format!(
+        "{MINIMAL}\n[limits]\nbody_min_rate = \"2G\"\nh2_max_resets = 0\n"
+    ));
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs.iter().any(|e| e.key == "limits.body_min_rate"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.key == "limits.h2_max_resets"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
 fn empty_file_says_what_is_missing() {
     let errs = parse_err("");
     assert!(errs.iter().any(|e| e.message.contains("no [[listener]]")));

@@ -4,8 +4,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,10 +17,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::debug;
 
+use crate::head_watch::HeadWatchIo;
+use crate::linger::LingeringStream;
 use crate::server::{ActiveGuard, Inner};
 use crate::{ACME_TLS_ALPN, BoxError, ConnInfo, Handler, Limits};
 
@@ -31,10 +34,11 @@ pub(crate) async fn serve<H: Handler>(
     local: SocketAddr,
     tls: bool,
     listener: Arc<str>,
-    _guard: ActiveGuard<H>,
+    guard: ActiveGuard<H>,
 ) {
     let _ = stream.set_nodelay(true);
     let limits = inner.limits.load_full();
+    let mut stream = LingeringStream::new(stream, inner.tracker.clone());
     if !tls {
         let info = ConnInfo {
             peer,
@@ -44,7 +48,10 @@ pub(crate) async fn serve<H: Handler>(
             h2: false,
             listener,
         };
-        serve_http(&inner, TokioIo::new(stream), info, &limits).await;
+        stream.linger_on_close();
+        serve_http(&inner, stream, info, &limits).await;
+        // the connection lingers on in a task of its own, no longer counted in max_connections
+        drop(guard);
         return;
     }
 
@@ -88,6 +95,7 @@ pub(crate) async fn serve<H: Handler>(
         let _ = tls_stream.shutdown().await;
         return;
     }
+    tls_stream.get_mut().0.linger_on_close();
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let info = ConnInfo {
         peer,
@@ -97,21 +105,23 @@ pub(crate) async fn serve<H: Handler>(
         h2,
         listener,
     };
-    serve_http(&inner, TokioIo::new(tls_stream), info, &limits).await;
+    serve_http(&inner, tls_stream, info, &limits).await;
+    drop(guard);
 }
 
 fn handshake_result(result: &'static str) {
     metrics::counter!("myelin_tls_handshakes_total", "result" => result).increment(1);
 }
 
-async fn serve_http<H, S>(inner: &Arc<Inner<H>>, io: TokioIo<S>, info: ConnInfo, limits: &Limits)
+async fn serve_http<H, S>(inner: &Arc<Inner<H>>, io: S, info: ConnInfo, limits: &Limits)
 where
     H: Handler,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let h2 = info.h2;
     let info = Arc::new(info);
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(limits.h2_max_resets));
+    let io = TokioIo::new(HeadWatchIo::new(io, activity.clone(), h2));
     let handler = inner.handler.clone();
     let svc_activity = activity.clone();
     let svc_info = info.clone();
@@ -141,14 +151,17 @@ where
             b.serve_connection(io, service),
             inner,
             &activity,
-            limits.idle_timeout,
+            limits,
             &info,
         )
         .await;
     } else {
+        // No hyper header_read_timeout (it defaults to 30 s once a timer is set): hyper's runs
+        // from the end of the previous response, so it would also close idle keep-alive
+        // connections. `drive` times request heads instead, from their first byte.
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            .header_read_timeout(None)
             .max_headers(limits.max_headers)
             .max_buf_size(limits.max_header_size.max(8192))
             .keep_alive(true)
@@ -157,19 +170,20 @@ where
             b.serve_connection(io, service),
             inner,
             &activity,
-            limits.idle_timeout,
+            limits,
             &info,
         )
         .await;
     }
 }
 
-/// Runs a connection until it ends, asking it to finish gracefully on shutdown or when idle.
+/// Runs a connection until it ends, asking it to finish gracefully on shutdown or when idle,
+/// and cutting it when a request head takes longer than `header_read_timeout` to arrive.
 async fn drive<H, C>(
     conn: C,
     inner: &Arc<Inner<H>>,
     activity: &Activity,
-    idle: Duration,
+    limits: &Limits,
     info: &ConnInfo,
 ) where
     H: Handler,
@@ -194,71 +208,199 @@ async fn drive<H, C>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = activity.idle_expired(idle), if !closing => {
+            _ = activity.idle_expired(limits.idle_timeout), if !closing => {
                 debug!(peer = %info.peer, "closing idle connection");
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
+            _ = activity.resets_exceeded(), if info.h2 => {
+                debug!(peer = %info.peer, limit = limits.h2_max_resets,
+                    "too many HTTP/2 streams cancelled by the client; closing the connection");
+                metrics::counter!("myelin_connections_cut_total", "reason" => "h2_resets").increment(1);
+                conn.as_mut().graceful_shutdown();
+                break;
+            }
+            _ = activity.head_expired(limits.header_read_timeout) => {
+                debug!(peer = %info.peer, h2 = info.h2, timeout_s = limits.header_read_timeout.as_secs_f64(),
+                    "request head not received in time; closing the connection");
+                metrics::counter!("myelin_connections_cut_total", "reason" => "header_timeout").increment(1);
+                return;
+            }
         }
     }
+    // Too many resets: the GOAWAY is queued; give it a moment to leave, then cut.
+    let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
 }
 
-/// Requests in flight on one connection, and since when it has had none. Requests only touch
-/// two atomics; the idle watcher wakes on its own deadline, not on every request.
-struct Activity {
+/// Requests in flight on one connection, since when it has had none, and since when a request
+/// head has been arriving.
+pub(crate) struct Activity {
     active: AtomicUsize,
-    born: Instant,
-    /// When the last request finished, in milliseconds after `born`.
-    idle_since_ms: AtomicU64,
+    idle_since: Mutex<Instant>,
+    head_since: Mutex<Option<Instant>>,
+    changed: Notify,
+    /// Requests the client abandoned before their answer was complete (HTTP/2 RST_STREAM).
+    resets: Mutex<Resets>,
+    max_resets: u32,
+    resets_exceeded: Notify,
 }
+
+/// Client-cancelled requests in the current window of [`RESET_WINDOW`].
+struct Resets {
+    window_start: Instant,
+    count: u32,
+    exceeded: bool,
+}
+
+/// The window `h2_max_resets` counts over.
+pub(crate) const RESET_WINDOW: Duration = Duration::from_secs(10);
 
 impl Activity {
-    fn new() -> Self {
+    fn new(max_resets: u32) -> Self {
         Activity {
             active: AtomicUsize::new(0),
-            born: Instant::now(),
-            idle_since_ms: AtomicU64::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            head_since: Mutex::new(None),
+            changed: Notify::new(),
+            resets: Mutex::new(Resets {
+                window_start: Instant::now(),
+                count: 0,
+                exceeded: false,
+            }),
+            max_resets,
+            resets_exceeded: Notify::new(),
         }
+    }
+
+    /// The client abandoned a request before its answer was complete.
+    fn reset_by_client(&self) {
+        let mut r = self.resets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now.duration_since(r.window_start) > RESET_WINDOW {
+            r.window_start = now;
+            r.count = 0;
+        }
+        r.count += 1;
+        if r.count > self.max_resets && !r.exceeded {
+            r.exceeded = true;
+            drop(r);
+            self.resets_exceeded.notify_one();
+        }
+    }
+
+    /// Resolves once the client cancelled more than `max_resets` requests in one window.
+    async fn resets_exceeded(&self) {
+        self.resets_exceeded.notified().await;
     }
 
     fn begin(self: &Arc<Self>) -> ActivityGuard {
         self.active.fetch_add(1, Ordering::AcqRel);
-        ActivityGuard(self.clone())
+        *self.head() = None;
+        self.changed.notify_waiters();
+        ActivityGuard {
+            activity: self.clone(),
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// The first bytes of a request head arrived (nothing happens if one is already arriving).
+    pub(crate) fn head_started(&self) {
+        let mut head = self.head();
+        if head.is_none() {
+            *head = Some(Instant::now());
+            drop(head);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The request head is complete.
+    pub(crate) fn head_done(&self) {
+        if self.head().take().is_some() {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn head(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.head_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves once a request head has been arriving for longer than `timeout`.
+    async fn head_expired(&self, timeout: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let since = *self.head();
+            match since {
+                Some(since) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(since + timeout) => {
+                            if *self.head() == Some(since) {
+                                return;
+                            }
+                        }
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
     }
 
     fn idle_since(&self) -> Instant {
-        self.born + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
+        *self.idle_since.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Resolves once the connection has had no request in flight for `idle`. While requests
-    /// are in flight it looks again every `idle`, so a connection that goes quiet is closed
-    /// between `idle` and twice `idle` after its last request.
+    /// Resolves once the connection has had no request in flight for `idle`.
     async fn idle_expired(&self, idle: Duration) {
         loop {
-            let deadline = if self.active.load(Ordering::Acquire) == 0 {
-                self.idle_since() + idle
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.active.load(Ordering::Acquire) == 0 {
+                let since = self.idle_since();
+                tokio::select! {
+                    _ = tokio::time::sleep_until(since + idle) => {
+                        if self.active.load(Ordering::Acquire) == 0 && self.idle_since() == since {
+                            return;
+                        }
+                    }
+                    _ = changed => {}
+                }
             } else {
-                Instant::now() + idle
-            };
-            tokio::time::sleep_until(deadline).await;
-            if self.active.load(Ordering::Acquire) == 0
-                && Instant::now() >= self.idle_since() + idle
-            {
-                return;
+                changed.await;
             }
         }
     }
 }
 
-struct ActivityGuard(Arc<Activity>);
+/// One request in flight; it counts as abandoned by the client if it is dropped before its
+/// response body was finished.
+struct ActivityGuard {
+    activity: Arc<Activity>,
+    finished: AtomicBool,
+}
+
+impl ActivityGuard {
+    fn finish(&self) {
+        self.finished.store(true, Ordering::Relaxed);
+    }
+}
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        let a = &self.0;
-        // Mark the time first, then leave: the watcher never sees "idle" with a stale time.
-        let ms = a.born.elapsed().as_millis() as u64;
-        a.idle_since_ms.fetch_max(ms, Ordering::AcqRel);
-        a.active.fetch_sub(1, Ordering::AcqRel);
+        if !self.finished.load(Ordering::Relaxed) {
+            self.activity.reset_by_client();
+        }
+        let a = &self.activity;
+        if a.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *a.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
+        a.changed.notify_waiters();
     }
 }
 
@@ -282,11 +424,22 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.project().body.poll_frame(cx)
+        let this = self.project();
+        let frame = this.body.poll_frame(cx);
+        // the end, or an error of the response's own (a homeserver that failed mid-body): either
+        // way not a request the client abandoned
+        if let Poll::Ready(None | Some(Err(_))) = frame {
+            this._guard.finish();
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        let end = self.body.is_end_stream();
+        if end {
+            self._guard.finish();
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -9,6 +9,8 @@
 
 pub mod certs;
 mod conn;
+mod head_watch;
+mod linger;
 mod server;
 mod tls;
 
@@ -60,6 +62,9 @@ pub struct Limits {
     pub max_headers: usize,
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may cancel per connection in any 10 s (rapid reset); beyond, the
+    /// connection is closed.
+    pub h2_max_resets: u32,
 }
 
 impl Default for Limits {
@@ -72,6 +77,7 @@ impl Default for Limits {
             max_headers: 128,
             max_connections: 10_000,
             h2_max_concurrent_streams: 128,
+            h2_max_resets: 200,
         }
     }
 }

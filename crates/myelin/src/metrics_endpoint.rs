@@ -80,6 +80,12 @@ pub const METRICS: &[MetricDoc] = &[
         help: "Client connections closed at once because a limit was reached (reason: max_connections).",
     },
     MetricDoc {
+        name: "myelin_connections_cut_total",
+        kind: Kind::Counter,
+        labels: &["reason"],
+        help: "Client connections Myelin closed because the client misbehaved (reason: header_timeout for a request head that did not arrive within [limits] header_read_timeout, h2_resets for an HTTP/2 client resetting streams past [limits] h2_max_resets).",
+    },
+    MetricDoc {
         name: "myelin_tls_handshakes_total",
         kind: Kind::Counter,
         labels: &["result"],

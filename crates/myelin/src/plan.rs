@@ -97,7 +97,7 @@ impl Plan {
         let mut names = Vec::new();
         for h in &config.homeservers {
             warnings.extend(crate::routing::warnings(file, h));
-            match site(file, h, config.limits.body_read_timeout) {
+            match site(file, h, &config.limits) {
                 Ok((site, hosts)) => {
                     let site = Arc::new(site);
                     for host in hosts {
@@ -189,6 +189,7 @@ impl Plan {
                 max_headers: l.max_headers,
                 max_connections: l.max_connections,
                 h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+                h2_max_resets: l.h2_max_resets,
             },
             shutdown_timeout: l.shutdown_timeout,
             access_log: config.log.access_log,
@@ -228,7 +229,7 @@ fn plural(n: usize) -> &'static str {
 fn site(
     file: &Path,
     h: &Homeserver,
-    body_read_timeout: std::time::Duration,
+    limits: &myelin_config::Limits,
 ) -> Result<(Site, Vec<String>), Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut hosts = Vec::new();
@@ -304,7 +305,9 @@ fn site(
         max_body_size: h.max_body_size,
         upstream_timeout: h.upstream_timeout,
         connect_timeout: h.connect_timeout,
-        body_read_timeout,
+        body_read_timeout: limits.body_read_timeout,
+        body_min_rate: limits.body_min_rate,
+        upstream_body_timeout: h.upstream_body_timeout,
         admin_allow: h.admin_allow.clone(),
         forward_prefixes: h.forward_prefixes.clone(),
         pools: crate::routing::pools(h),

@@ -87,7 +87,7 @@ impl UpstreamClient {
     pub(crate) async fn request(
         &self,
         mut req: Request<RetryableBody>,
-    ) -> Result<Response<UpstreamBody>, ClientError> {
+    ) -> Result<Response<PooledBody>, ClientError> {
         loop {
             let (mut sender, pooled) = match self.inner.checkout().await {
                 Some(s) => (s, true),
@@ -96,7 +96,7 @@ impl UpstreamClient {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let pool = self.inner.clone();
-                    return Ok(resp.map(|body| UpstreamBody {
+                    return Ok(resp.map(|body| PooledBody {
                         inner: body,
                         release: Some((sender, pool)),
                     }));
@@ -189,12 +189,12 @@ impl Inner {
 }
 
 /// The upstream's response body; puts the connection back in the pool once read to its end.
-pub struct UpstreamBody {
+pub struct PooledBody {
     inner: Incoming,
     release: Option<(Sender, Arc<Inner>)>,
 }
 
-impl UpstreamBody {
+impl PooledBody {
     fn done(&mut self) {
         if let Some((sender, pool)) = self.release.take() {
             pool.checkin(sender);
@@ -202,7 +202,7 @@ impl UpstreamBody {
     }
 }
 
-impl Body for UpstreamBody {
+impl Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -230,7 +230,7 @@ impl Body for UpstreamBody {
     }
 }
 
-impl Drop for UpstreamBody {
+impl Drop for PooledBody {
     fn drop(&mut self) {
         // A body with no content (204, 304, HEAD, Content-Length: 0) is never polled.
         if self.inner.is_end_stream() {

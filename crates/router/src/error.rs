@@ -25,6 +25,8 @@ pub enum ProxyError {
     TooLarge { limit: u64 },
     #[error("the request body stopped arriving for {0:?}")]
     BodyStalled(Duration),
+    #[error("the request body arrived at less than {min_rate} bytes/s over {window:?}")]
+    BodyTooSlow { min_rate: u64, window: Duration },
     #[error("cannot reach the homeserver: {reason}")]
     UpstreamUnavailable { reason: String },
     #[error("the homeserver did not answer within {0:?}")]
@@ -41,7 +43,9 @@ impl ProxyError {
             ProxyError::NotServed { .. } => StatusCode::NOT_FOUND,
             ProxyError::AdminForbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyStalled(_) | ProxyError::BodyTooSlow { .. } => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             ProxyError::UpstreamUnavailable { .. } | ProxyError::UpstreamBroken { .. } => {
                 StatusCode::BAD_GATEWAY
             }

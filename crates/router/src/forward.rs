@@ -159,6 +159,10 @@ pub fn classify_client_error(e: &crate::client::ClientError) -> ProxyError {
             return match b {
                 BodyError::TooLarge { limit } => ProxyError::TooLarge { limit: *limit },
                 BodyError::Stalled(d) => ProxyError::BodyStalled(*d),
+                BodyError::TooSlow { min_rate, window } => ProxyError::BodyTooSlow {
+                    min_rate: *min_rate,
+                    window: *window,
+                },
                 BodyError::Client(inner) => ProxyError::UpstreamBroken {
                     reason: format!("the client's request body failed: {inner}"),
                 },

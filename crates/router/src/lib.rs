@@ -40,14 +40,14 @@ use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
 pub use crate::balance::Balance;
-pub use crate::body::{BodyError, BoxError, ProxyBody, RequestBody};
+pub use crate::body::{BodyError, BoxError, ProxyBody, RequestBody, UpstreamStalled};
 pub use crate::error::{ProxyError, matrix_error};
 pub use crate::paths::Route;
 use crate::pool::Pool;
 pub use crate::pool::{HealthCheckSettings, PASSIVE_BACKOFF, PASSIVE_BACKOFF_MAX, PoolSettings};
 use crate::retry::RetryableBody;
 pub use crate::routes::RouteSettings;
-use crate::routes::RouteTable;
+pub use crate::routes::RouteTable;
 pub use crate::upstream::UpstreamAddr;
 
 /// The pool name routes use for the homeserver's own `upstream`.
@@ -61,8 +61,14 @@ pub struct HomeserverSettings {
     pub max_body_size: u64,
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
-    /// A request body that sends nothing for this long is abandoned.
+    /// A request body that sends nothing for this long is abandoned; also the window over
+    /// which `body_min_rate` is measured.
     pub body_read_timeout: Duration,
+    /// Bytes per second a request body must bring over each `body_read_timeout` window (0: no
+    /// minimum).
+    pub body_min_rate: u64,
+    /// Once the response head arrived, the longest pause in the upstream's body.
+    pub upstream_body_timeout: Duration,
     pub admin_allow: Vec<IpNet>,
     /// Prefixes forwarded besides `/_matrix/` and `/_synapse/client/`.
     pub forward_prefixes: Vec<String>,
@@ -278,8 +284,12 @@ impl HomeserverRouter {
         forward::prepare_request(&mut parts, &client).map_err(|e| (served_by(index), e))?;
         // A copy of the head for a second attempt, when the pool has another server.
         let head = (pool.servers.len() > 1).then(|| copy_head(&parts));
-        let (body, unsent) =
-            RetryableBody::new(RequestBody::new(body, s.max_body_size, s.body_read_timeout));
+        let (body, unsent) = RetryableBody::new(RequestBody::new(
+            body,
+            s.max_body_size,
+            s.body_read_timeout,
+            s.body_min_rate,
+        ));
         let upstream_req = Request::from_parts(parts, body);
 
         let started = Instant::now();
@@ -310,7 +320,7 @@ impl HomeserverRouter {
         forward::strip_hop_by_hop(&mut parts.headers);
         Ok((
             served_by(index),
-            Response::from_parts(parts, ProxyBody::Upstream(body)),
+            Response::from_parts(parts, ProxyBody::upstream(body, s.upstream_body_timeout)),
         ))
     }
 }
@@ -322,7 +332,7 @@ impl HomeserverRouter {
         &self,
         attempt: Attempt<'_>,
         mut req: Request<RetryableBody>,
-    ) -> Result<Response<client::UpstreamBody>, client::ClientError> {
+    ) -> Result<Response<client::PooledBody>, client::ClientError> {
         let s = &self.settings;
         let pool = attempt.pool;
         let mut retried = false;

@@ -17,7 +17,8 @@ pub struct RouteSettings {
 }
 
 /// The compiled table: all expressions are matched in one pass, the first hit in order wins.
-pub(crate) struct RouteTable {
+/// Public for the fuzz target (`fuzz/fuzz_targets/routes.rs`); the router builds its own.
+pub struct RouteTable {
     set: RegexSet,
     rules: Vec<Rule>,
 }
@@ -29,10 +30,7 @@ struct Rule {
 
 impl RouteTable {
     /// `pools[i]` is the index of the pool route `i` sends to.
-    pub(crate) fn new(
-        routes: &[RouteSettings],
-        pools: Vec<usize>,
-    ) -> Result<RouteTable, regex::Error> {
+    pub fn new(routes: &[RouteSettings], pools: Vec<usize>) -> Result<RouteTable, regex::Error> {
         let set = RegexSet::new(routes.iter().map(|r| r.path.as_str()))?;
         let rules = routes
             .iter()
@@ -46,7 +44,7 @@ impl RouteTable {
     }
 
     /// The pool for a request, `None` when no rule matches.
-    pub(crate) fn pool_for(&self, method: &Method, raw_path: &str) -> Option<usize> {
+    pub fn pool_for(&self, method: &Method, raw_path: &str) -> Option<usize> {
         if self.rules.is_empty() {
             return None;
         }

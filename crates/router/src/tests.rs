@@ -111,6 +111,8 @@ fn settings(upstream: SocketAddr) -> HomeserverSettings {
         upstream_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(2),
         body_read_timeout: Duration::from_secs(5),
+        body_min_rate: 0,
+        upstream_body_timeout: Duration::from_secs(5),
         admin_allow: Vec::new(),
         forward_prefixes: Vec::new(),
         pools: Vec::new(),
