@@ -1,0 +1,212 @@
+//! The configuration the documentation shows works: every ```toml block of `docs/*.md` and
+//! `README.md` passes `myelin check-config` (the real binary, which also loads certificate and
+//! secret files and validates the well-known documents), and so does the packaged file once its
+//! server name is set.
+//!
+//! A block is checked as written when it is a whole configuration (it has `[[listener]]` and
+//! `[[homeserver]]`). Otherwise it is a fragment and gets what it lacks put before it: a
+//! listener, a homeserver for `example.com` (so `[homeserver.…]` tables and bare homeserver keys
+//! attach to it), and a self-signed certificate unless the block has `[acme…]` or
+//! `[[certificate]]`. Files the examples name (`cert`, `key`, `tsig_secret_file`,
+//! `eab_hmac_key_file`, `ca_roots`) are replaced by files made for the test. A block preceded by
+//! the line `<!-- not a whole example -->` is skipped (a deliberate excerpt).
+
+use std::path::{Path, PathBuf};
+
+use myelin_e2e::myelin::check_config;
+use myelin_e2e::{TestCa, TestDir, repo_root};
+
+use crate::common::bin;
+
+const SKIP_MARKER: &str = "<!-- not a whole example -->";
+
+#[test]
+fn every_toml_example_in_the_docs_passes_check_config() {
+    let dir = TestDir::new("docs-examples");
+    let files = Fixtures::new(&dir);
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(repo_root().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.sort();
+    pages.push(repo_root().join("README.md"));
+
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        let name = page.file_name().unwrap().to_string_lossy().into_owned();
+        for (line, block) in toml_blocks(&text) {
+            let config = files.substitute(&complete(&block));
+            let path = dir.write(
+                &format!("{}-{line}.toml", name.trim_end_matches(".md")),
+                &config,
+            );
+            let (code, out, err) = check_config(&bin(), &path);
+            checked += 1;
+            if code != 0 {
+                failures.push(format!(
+                    "{name}:{line}: exit {code}\n{err}{out}--- checked as:\n{config}"
+                ));
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} examples found");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} configuration examples fail `myelin check-config`:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// The file the packages install passes once `server_name` is set, through the binary (which
+/// also builds the ACME settings), and says where to write the name until then.
+#[test]
+fn the_packaged_config_passes_check_config_once_server_name_is_set() {
+    let dir = TestDir::new("packaged-config");
+    let shipped = std::fs::read_to_string(repo_root().join("packaging/myelin.toml")).unwrap();
+    let path = dir.write("myelin.toml", &shipped);
+    let (code, out, err) = check_config(&bin(), &path);
+    assert_eq!(code, 64, "{out}{err}");
+    let line = shipped
+        .lines()
+        .position(|l| l == "server_name = \"\"")
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "{}:{line}:15: homeserver[0].server_name: is not set: write your Matrix server name here",
+            path.display()
+        )),
+        "{err}"
+    );
+
+    let edited = shipped.replace("server_name = \"\"", "server_name = \"example.org\"");
+    let path = dir.write("myelin.toml", &edited);
+    let (code, out, err) = check_config(&bin(), &path);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        format!(
+            "OK: {}: 6 listeners, 0 certificates (0 names), 1 ACME certificate, 1 homeserver (example.org)",
+            path.display()
+        )
+    );
+    assert_eq!(err, "", "no warnings");
+}
+
+/// The ```toml blocks of a page, with the line each starts on; skipped ones left out.
+fn toml_blocks(text: &str) -> Vec<(usize, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim_start() == "```toml" {
+            let indent = lines[i].len() - lines[i].trim_start().len();
+            let start = i + 1;
+            let skip = lines[..i]
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .is_some_and(|l| l.trim() == SKIP_MARKER);
+            let mut body = String::new();
+            i += 1;
+            while i < lines.len() && lines[i].trim_start() != "```" {
+                body.push_str(lines[i].get(indent..).unwrap_or(lines[i].trim_start()));
+                body.push('\n');
+                i += 1;
+            }
+            if !skip {
+                blocks.push((start, body));
+            }
+        }
+        i += 1;
+    }
+    blocks
+}
+
+/// A fragment with what it lacks put before it; a whole configuration as it is.
+fn complete(block: &str) -> String {
+    let has = |header: &str| block.lines().any(|l| l.trim_start().starts_with(header));
+    let has_listener = has("[[listener]]");
+    let has_homeserver = has("[[homeserver]]");
+    if has_listener && has_homeserver {
+        return block.to_string();
+    }
+    let mut out = String::from("# added by the docs example test\n");
+    if !has_listener {
+        out.push_str("[[listener]]\nbind = \"127.0.0.1:8443\"\n\n");
+    }
+    if !has("[[certificate]]") && !has("[acme") && !has("[[acme") {
+        out.push_str(
+            "[[certificate]]\nself_signed = [\"example.com\", \"matrix.example.com\"]\n\n",
+        );
+    }
+    if !has_homeserver {
+        out.push_str(
+            "[[homeserver]]\nserver_name = \"example.com\"\nupstream = \"http://127.0.0.1:8008\"\n\n",
+        );
+    }
+    out.push_str("# the example\n");
+    out.push_str(block);
+    out
+}
+
+/// Files standing in for the ones the examples name.
+struct Fixtures {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    tsig_secret: PathBuf,
+    eab_key: PathBuf,
+}
+
+impl Fixtures {
+    fn new(dir: &TestDir) -> Fixtures {
+        let ca = TestCa::new();
+        let (cert, key) = ca.write_leaf(
+            dir,
+            "example.com",
+            &["example.com", "matrix.example.com", "*.example.com"],
+        );
+        Fixtures {
+            cert,
+            key,
+            ca: ca.write_ca(dir),
+            tsig_secret: dir.write(
+                "tsig.secret",
+                "key \"acme-key\" {\n\talgorithm hmac-sha256;\n\tsecret \"bXllbGluLWRvY3MtZXhhbXBsZS10ZXN0LXNlY3JldA==\";\n};\n",
+            ),
+            eab_key: dir.write("eab.key", "bXllbGluLWRvY3MtZXhhbXBsZS1lYWIta2V5\n"),
+        }
+    }
+
+    /// Points the file keys of `config` at the fixtures.
+    fn substitute(&self, config: &str) -> String {
+        let mut out = String::new();
+        for line in config.lines() {
+            let trimmed = line.trim_start();
+            let key = trimmed.split([' ', '=']).next().unwrap_or("");
+            let file: Option<&Path> = match key {
+                "cert" => Some(&self.cert),
+                "key" => Some(&self.key),
+                "ca_roots" => Some(&self.ca),
+                "tsig_secret_file" => Some(&self.tsig_secret),
+                "eab_hmac_key_file" => Some(&self.eab_key),
+                _ => None,
+            };
+            match file {
+                Some(f) if trimmed[key.len()..].trim_start().starts_with('=') => {
+                    out.push_str(&format!("{key} = \"{}\"\n", f.display()));
+                }
+                _ => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
