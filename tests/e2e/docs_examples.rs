@@ -1,7 +1,7 @@
-//! The configuration the documentation shows works: every ```toml block of `docs/*.md` and
-//! `README.md` passes `myelin check-config` (the real binary, which also loads certificate and
-//! secret files and validates the well-known documents), and so does the packaged file once its
-//! server name is set.
+//! The documentation is right about the configuration and leads somewhere: every ```toml block
+//! of `docs/*.md` and `README.md` passes `myelin check-config` (the real binary, which also
+//! loads certificate and secret files and validates the well-known documents), so does the
+//! packaged file once its server name is set, and every relative link and anchor resolves.
 //!
 //! A block is checked as written when it is a whole configuration (it has `[[listener]]` and
 //! `[[homeserver]]`). Otherwise it is a fragment and gets what it lacks put before it: a
@@ -95,6 +95,106 @@ fn the_packaged_config_passes_check_config_once_server_name_is_set() {
         )
     );
     assert_eq!(err, "", "no warnings");
+}
+
+/// Every relative link of the documentation leads to a file that exists, and every `#anchor`
+/// to a heading of that page (as GitHub names it).
+#[test]
+fn every_link_in_the_docs_leads_somewhere() {
+    let root = repo_root();
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.extend(["README.md", "CHANGELOG.md", "packaging/README.md"].map(|p| root.join(p)));
+    let mut links = 0;
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for target in relative_links(&text) {
+            links += 1;
+            let (file, anchor) = target.split_once('#').unwrap_or((target.as_str(), ""));
+            let path = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            if !path.exists() {
+                broken.push(format!("{}: {target}: no such file", page.display()));
+            } else if !anchor.is_empty()
+                && path.extension().is_some_and(|x| x == "md")
+                && !anchors(&std::fs::read_to_string(&path).unwrap())
+                    .iter()
+                    .any(|a| a == anchor)
+            {
+                broken.push(format!("{}: {target}: no such heading", page.display()));
+            }
+        }
+    }
+    assert!(links >= 50, "only {links} links found");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// The targets of `[text](target)` links outside code blocks, without web and mail links.
+fn relative_links(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in prose_lines(text) {
+        let mut rest = line;
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            let Some(end) = rest.find(')') else { break };
+            let target = &rest[..end];
+            let external = ["http://", "https://", "mailto:"]
+                .iter()
+                .any(|p| target.starts_with(p));
+            if !external && !target.is_empty() && !target.contains(char::is_whitespace) {
+                out.push(target.to_string());
+            }
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+/// The anchors GitHub gives a page's headings: lower-case, letters, digits, `-` and `_` kept,
+/// spaces made `-`, everything else dropped; a repeated one gets `-1`, `-2`, ...
+fn anchors(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in prose_lines(text) {
+        let Some(heading) = line.strip_prefix('#') else {
+            continue;
+        };
+        let heading = heading.trim_start_matches('#').trim();
+        let base: String = heading
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let mut anchor = base.clone();
+        let mut n = 0;
+        while out.contains(&anchor) {
+            n += 1;
+            anchor = format!("{base}-{n}");
+        }
+        out.push(anchor);
+    }
+    out
+}
+
+/// The lines of a page outside fenced code blocks.
+fn prose_lines(text: &str) -> Vec<&str> {
+    let mut fenced = false;
+    text.lines()
+        .filter(|l| {
+            if l.trim_start().starts_with("```") {
+                fenced = !fenced;
+                return false;
+            }
+            !fenced
+        })
+        .collect()
 }
 
 /// The ```toml blocks of a page, with the line each starts on; skipped ones left out.
