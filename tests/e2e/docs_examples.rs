@@ -136,6 +136,33 @@ fn every_link_in_the_docs_leads_somewhere() {
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
+/// The index (`docs/README.md`) and the repository's README link every page of `docs/`.
+#[test]
+fn every_docs_page_is_in_both_indexes() {
+    let root = repo_root();
+    let index = relative_links(&std::fs::read_to_string(root.join("docs/README.md")).unwrap());
+    let readme = relative_links(&std::fs::read_to_string(root.join("README.md")).unwrap());
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".md") || name == "README.md" {
+            continue;
+        }
+        let links_to = |links: &[String], prefix: &str| {
+            links
+                .iter()
+                .any(|l| l.split('#').next() == Some(&format!("{prefix}{name}")))
+        };
+        if !links_to(&index, "") {
+            missing.push(format!("docs/README.md does not link {name}"));
+        }
+        if !links_to(&readme, "docs/") {
+            missing.push(format!("README.md does not link docs/{name}"));
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
 /// The targets of `[text](target)` links outside code blocks, without web and mail links.
 fn relative_links(text: &str) -> Vec<String> {
     let mut out = Vec::new();

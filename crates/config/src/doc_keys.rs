@@ -125,10 +125,22 @@ fn every_raw_struct_is_checked() {
 }
 
 /// The keys in the first column of the rows of the section headed by `` `heading` ``, up to the
-/// next heading. `None` when no heading names it.
+/// next heading (lines in fenced code blocks, where `#` starts a TOML comment, are not
+/// headings). `None` when no heading names it.
 fn section_rows(page: &str, heading: &str) -> Option<BTreeSet<String>> {
     let marker = format!("`{heading}`");
-    let mut lines = page.lines();
+    let mut fenced = false;
+    let prose: Vec<&str> = page
+        .lines()
+        .filter(|l| {
+            if l.trim_start().starts_with("```") {
+                fenced = !fenced;
+                return false;
+            }
+            !fenced
+        })
+        .collect();
+    let mut lines = prose.into_iter();
     lines.find(|l| l.starts_with('#') && l.contains(&marker))?;
     let mut rows = BTreeSet::new();
     for line in lines.take_while(|l| !l.starts_with('#')) {
