@@ -6,6 +6,7 @@
 mod acme;
 mod check;
 mod common;
+mod docs_examples;
 mod federation;
 mod foundation_cli;
 mod foundation_proxy;

@@ -748,4 +748,6 @@ impl<T> SpannedExt<T> for Spanned<T> {
 }
 
 #[cfg(test)]
+mod doc_keys;
+#[cfg(test)]
 mod tests;

@@ -615,7 +615,9 @@ fn an_empty_server_name_says_what_to_write() {
     );
 }
 
-/// The file the packages install: refused until server_name is set, valid after that.
+/// The file the packages install: refused until server_name is set, valid after that, with
+/// certificates from Let's Encrypt by tls-alpn-01; the certificate-file alternative its comments
+/// describe is valid too.
 #[test]
 fn packaged_config_needs_only_a_server_name() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/myelin.toml");
@@ -626,6 +628,13 @@ fn packaged_config_needs_only_a_server_name() {
     };
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].key, "homeserver[0].server_name");
+    assert!(
+        errs[0]
+            .message
+            .contains("write your Matrix server name here"),
+        "{}",
+        errs[0]
+    );
 
     let edited = text.replace("server_name = \"\"", "server_name = \"example.org\"");
     assert_ne!(edited, text);
@@ -633,7 +642,47 @@ fn packaged_config_needs_only_a_server_name() {
     assert_eq!(c.listeners.len(), 6);
     assert_eq!(c.listeners.iter().filter(|l| !l.tls).count(), 2);
     assert_eq!(
-        c.metrics.map(|m| m.bind.value),
+        c.metrics.as_ref().map(|m| m.bind.value),
         Some("127.0.0.1:9464".parse().unwrap())
     );
+    // Certificates that renew themselves: Let's Encrypt, tls-alpn-01, no files to provide.
+    assert!(c.certificates.is_empty(), "{:?}", c.certificates);
+    let acme = c.acme.as_ref().expect("the packaged config uses [acme]");
+    assert_eq!(acme.directory.value, "letsencrypt");
+    assert_eq!(acme.challenge.value, crate::AcmeChallenge::TlsAlpn01);
+    assert_eq!(acme.state_dir.value, Path::new("/var/lib/myelin"));
+    assert!(acme.email.is_none(), "email stays optional (commented)");
+    assert!(acme.dns.is_none() && acme.certificates.is_empty());
+    assert!(c.homeservers[0].acme.is_none() && c.homeservers[0].challenge.is_none());
+
+    // The alternative the comments describe: the three [acme] lines commented out, the three
+    // [[certificate]] lines uncommented.
+    let mut files = String::new();
+    for line in edited.lines() {
+        let line = if line == "[acme]"
+            || line.starts_with("directory = ")
+            || line.starts_with("challenge = ")
+        {
+            format!("# {line}")
+        } else if line == "# [[certificate]]"
+            || line.starts_with("# cert = ")
+            || line.starts_with("# key = ")
+        {
+            line[2..].to_string()
+        } else {
+            line.to_string()
+        };
+        files.push_str(&line);
+        files.push('\n');
+    }
+    let c = parse(&files, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.acme.is_none());
+    assert_eq!(c.certificates.len(), 1);
+    match &c.certificates[0].source {
+        CertificateSource::Files { cert, key } => {
+            assert_eq!(cert.value, Path::new("/etc/myelin/tls/fullchain.pem"));
+            assert_eq!(key.value, Path::new("/etc/myelin/tls/privkey.pem"));
+        }
+        other => panic!("expected certificate files, got {other:?}"),
+    }
 }
