@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -234,11 +234,18 @@ async fn drive<H, C>(
 
 /// Requests in flight on one connection, since when it has had none, and since when a request
 /// head has been arriving.
+///
+/// The request path only touches atomics: the watchers in [`drive`] sleep until the deadline
+/// they last saw and look again when they wake, so a request never wakes the connection's task
+/// on their account (a `Notify` per request cost more than the rest of the bookkeeping).
 pub(crate) struct Activity {
     active: AtomicUsize,
-    idle_since: Mutex<Instant>,
-    head_since: Mutex<Option<Instant>>,
-    changed: Notify,
+    born: Instant,
+    /// When the last request finished, in milliseconds after `born`.
+    idle_since_ms: AtomicU64,
+    /// When the request head now arriving began, in milliseconds after `born`, plus one; 0 when
+    /// no head is arriving.
+    head_since_ms: AtomicU64,
     /// Requests the client abandoned before their answer was complete (HTTP/2 RST_STREAM).
     resets: Mutex<Resets>,
     max_resets: u32,
@@ -257,19 +264,28 @@ pub(crate) const RESET_WINDOW: Duration = Duration::from_secs(10);
 
 impl Activity {
     fn new(max_resets: u32) -> Self {
+        let born = Instant::now();
         Activity {
             active: AtomicUsize::new(0),
-            idle_since: Mutex::new(Instant::now()),
-            head_since: Mutex::new(None),
-            changed: Notify::new(),
+            born,
+            idle_since_ms: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(0),
             resets: Mutex::new(Resets {
-                window_start: Instant::now(),
+                window_start: born,
                 count: 0,
                 exceeded: false,
             }),
             max_resets,
             resets_exceeded: Notify::new(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn at_ms(&self, ms: u64) -> Instant {
+        self.born + Duration::from_millis(ms)
     }
 
     /// The client abandoned a request before its answer was complete.
@@ -295,8 +311,7 @@ impl Activity {
 
     fn begin(self: &Arc<Self>) -> ActivityGuard {
         self.active.fetch_add(1, Ordering::AcqRel);
-        *self.head() = None;
-        self.changed.notify_waiters();
+        self.head_since_ms.store(0, Ordering::Release);
         ActivityGuard {
             activity: self.clone(),
             finished: AtomicBool::new(false),
@@ -309,70 +324,52 @@ impl Activity {
 
     /// The first bytes of a request head arrived (nothing happens if one is already arriving).
     pub(crate) fn head_started(&self) {
-        let mut head = self.head();
-        if head.is_none() {
-            *head = Some(Instant::now());
-            drop(head);
-            self.changed.notify_waiters();
+        if self.head_since_ms.load(Ordering::Acquire) == 0 {
+            let now = self.now_ms() + 1;
+            let _ =
+                self.head_since_ms
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 
     /// The request head is complete.
     pub(crate) fn head_done(&self) {
-        if self.head().take().is_some() {
-            self.changed.notify_waiters();
-        }
+        self.head_since_ms.store(0, Ordering::Release);
     }
 
-    fn head(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.head_since.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Resolves once a request head has been arriving for longer than `timeout`.
+    /// Resolves once a request head has been arriving for longer than `timeout`. With no head
+    /// arriving it looks again every `timeout`: a head that starts in between is still cut at
+    /// exactly its start plus `timeout`, since the watcher wakes before that.
     async fn head_expired(&self, timeout: Duration) {
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let since = *self.head();
-            match since {
-                Some(since) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(since + timeout) => {
-                            if *self.head() == Some(since) {
-                                return;
-                            }
-                        }
-                        _ = changed => {}
-                    }
-                }
-                None => changed.await,
+            let since = self.head_since_ms.load(Ordering::Acquire);
+            if since == 0 {
+                tokio::time::sleep(timeout).await;
+                continue;
+            }
+            tokio::time::sleep_until(self.at_ms(since - 1) + timeout).await;
+            if self.head_since_ms.load(Ordering::Acquire) == since {
+                return;
             }
         }
     }
 
-    fn idle_since(&self) -> Instant {
-        *self.idle_since.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Resolves once the connection has had no request in flight for `idle`.
+    /// Resolves once the connection has had no request in flight for `idle`. A request that
+    /// ends while the watcher sleeps moves the deadline, which the watcher finds when it wakes;
+    /// while requests are in flight it looks again every `idle`, so a connection that goes
+    /// quiet then is closed between `idle` and twice `idle` after its last request.
     async fn idle_expired(&self, idle: Duration) {
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.active.load(Ordering::Acquire) == 0 {
-                let since = self.idle_since();
-                tokio::select! {
-                    _ = tokio::time::sleep_until(since + idle) => {
-                        if self.active.load(Ordering::Acquire) == 0 && self.idle_since() == since {
-                            return;
-                        }
-                    }
-                    _ = changed => {}
-                }
-            } else {
-                changed.await;
+            if self.active.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(idle).await;
+                continue;
+            }
+            let since = self.idle_since_ms.load(Ordering::Acquire);
+            tokio::time::sleep_until(self.at_ms(since) + idle).await;
+            if self.active.load(Ordering::Acquire) == 0
+                && self.idle_since_ms.load(Ordering::Acquire) == since
+            {
+                return;
             }
         }
     }
@@ -398,9 +395,8 @@ impl Drop for ActivityGuard {
         }
         let a = &self.activity;
         if a.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *a.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            a.idle_since_ms.store(a.now_ms(), Ordering::Release);
         }
-        a.changed.notify_waiters();
     }
 }
 
