@@ -13,6 +13,7 @@ mod foundation_proxy;
 mod foundation_synapse;
 mod foundation_tls;
 mod keep_alive;
+mod open_files;
 mod routing;
 mod routing_synapse;
 mod ship_metrics;

@@ -143,6 +143,30 @@ fn config_failure(errors: &ConfigErrors) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
+/// Raises the soft limit on open files to the hard limit, as nginx's `worker_rlimit_nofile` and
+/// Go programs do: every client connection is a descriptor, and so is every upstream connection
+/// serving it. The soft limit is 1024 on most systems, far below `[limits] max_connections`.
+fn raise_open_files_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let wanted = u64::try_from(max_connections)
+                .unwrap_or(u64::MAX)
+                .saturating_add(100);
+            if limit < wanted {
+                tracing::warn!(
+                    limit,
+                    max_connections,
+                    "the open files limit is below [limits] max_connections: connections beyond it \
+                     fail to be accepted; raise LimitNOFILE (systemd) or ulimit -n, or lower max_connections"
+                );
+            } else {
+                tracing::debug!(limit, "open files limit");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
 fn run(config: Config, log_format: Option<&str>, embedded: bool) -> ExitCode {
     let mut log = config.log.clone();
     match log_format {
@@ -157,6 +181,7 @@ fn run(config: Config, log_format: Option<&str>, embedded: bool) -> ExitCode {
         }
     }
     telemetry::init(&log);
+    raise_open_files_limit(config.limits.max_connections);
     let rt = match runtime(config.runtime.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
