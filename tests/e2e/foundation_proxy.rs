@@ -307,6 +307,9 @@ async fn bodies_stream_both_ways() {
         s.get_mut().write_all(b"\r\n").await.unwrap();
     }
     s.get_mut().write_all(b"0\r\n\r\n").await.unwrap();
+    // tokio-rustls accepts a write into its buffer and returns when the socket is full: without
+    // a flush the body's last TLS records could wait there forever while we read
+    s.get_mut().flush().await.unwrap();
     let r = read_response(&mut s)
         .await
         .unwrap_or_else(|e| panic!("upload response: {e}\n{}", m.log_text()));

@@ -96,6 +96,8 @@ impl TlsClient {
     ) -> std::io::Result<RawResponse> {
         let mut s = BufReader::new(self.connect_from(local, addr, sni).await?);
         s.get_mut().write_all(request).await?;
+        // a TLS stream may keep the last records buffered until flushed
+        s.get_mut().flush().await?;
         read_response(&mut s).await
     }
 
@@ -108,6 +110,8 @@ impl TlsClient {
     ) -> std::io::Result<RawResponse> {
         let mut s = BufReader::new(self.connect(addr, sni).await?);
         s.get_mut().write_all(request).await?;
+        // a TLS stream may keep the last records buffered until flushed
+        s.get_mut().flush().await?;
         read_response(&mut s).await
     }
 

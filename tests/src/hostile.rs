@@ -318,6 +318,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     s.get_mut().write_all(request).await?;
+    s.get_mut().flush().await?;
     let r = read_response(s).await?;
     if r.status != 200 {
         return Err(std::io::Error::other(format!(
@@ -602,6 +603,7 @@ impl Load {
                             let c = conn.as_mut().expect("connected");
                             let r = async {
                                 c.get_mut().write_all(&request).await?;
+                                c.get_mut().flush().await?;
                                 read_response(c).await
                             }
                             .await;
