@@ -90,12 +90,27 @@ pub fn run_bounded(
     }
 }
 
-/// A free TCP port on 127.0.0.1 (for peers that cannot report the port they bound).
+/// A free TCP and UDP port on 127.0.0.1 (for peers that cannot report the port they bound).
+///
+/// Taken below the kernel's ephemeral range (32768 and up by default), never twice in one test
+/// process: a port the kernel hands out for port 0 may be handed out again, to an outgoing
+/// connection or another test, before the peer binds it ("Address already in use").
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (base + i) % SPAN).expect("below 32000");
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {LOW} and {}", LOW + SPAN)
 }
 
 /// Polls `check` every 50 ms until it is true or `timeout` passes.
